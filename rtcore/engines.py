@@ -1,0 +1,82 @@
+"""Engines: the four compiled (or eager) models behind plain call signatures, plus what the runtime needs to
+know about them. Pipelines only ever call these; backends only ever produce them.
+
+    text_encode(input_ids (P, 77) int64)            → embeddings (P, 77, C)
+    vae_encode(image (B, 3, H, W) in [-1, 1])       → (mean, std), each (B, 4, H/8, W/8), unscaled
+    vae_decode(latents (B, 4, h, w), unscaled)      → image (B, 3, 8h, 8w) in about [-1, 1]
+    unet(sample (R, 4, h, w), timestep (1,), text (R, 77, C)) → model output (R, 4, h, w)
+
+Inputs and outputs are device tensors in the engine dtype (``input_ids`` stays int64).
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .schedule import DDIMConfig
+
+BACKENDS = ("eager",)
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Engines:
+    text_encode: Callable
+    vae_encode: Callable
+    vae_decode: Callable
+    unet: Callable
+    tokenizer: Any
+    scheduler: DDIMConfig
+    scaling_factor: float
+    vae_scale_factor: int
+    latent_channels: int
+    device: torch.device
+    dtype: torch.dtype
+    backend: str
+
+
+def resolve_dtype(dtype):
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {sorted(set(DTYPES))} or torch.float32/float16/bfloat16, got {dtype!r}")
+
+
+def resolve_device(device):
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available on this machine; use device='cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
+    return device
+
+
+def eager_engines(checkpoint, device, dtype) -> Engines:
+    """The reference models of a loaded checkpoint, as they are: the numerical reference for every backend."""
+    unet = checkpoint.unet.to(device, dtype)
+    vae = checkpoint.vae.to(device, dtype)
+    text_encoder = checkpoint.text_encoder.to(device, dtype)
+
+    def text_encode(input_ids):
+        return text_encoder(input_ids).last_hidden_state
+
+    return Engines(
+        text_encode=text_encode,
+        vae_encode=vae.encode,
+        vae_decode=vae.decode,
+        unet=unet,
+        tokenizer=checkpoint.tokenizer,
+        scheduler=DDIMConfig.from_dict(checkpoint.scheduler_config),
+        scaling_factor=vae.config.scaling_factor,
+        vae_scale_factor=vae.config.scale_factor,
+        latent_channels=vae.config.latent_channels,
+        device=device,
+        dtype=dtype,
+        backend="eager",
+    )

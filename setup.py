@@ -1,0 +1,33 @@
+"""rtcore: a compiled-kernel inference runtime for Stable Diffusion image editing (CycleDiffusion).
+
+The top-level folders are subpackages of one distribution (DESIGN §1): kernels/ → rtcore.kernels,
+export/ → rtcore.export, bench/ → rtcore.bench. torch is required but never pinned to a build, so installing
+rtcore does not replace an installed torch (install torch first: the CPU or CUDA build you want).
+"""
+
+from setuptools import setup
+
+setup(
+    name="rtcore",
+    version="0.1.0",
+    description="Compiled-kernel inference runtime for Stable Diffusion image editing (CycleDiffusion)",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["rtcore", "rtcore.kernels", "rtcore.export", "rtcore.bench"],
+    package_dir={"rtcore": "rtcore", "rtcore.kernels": "kernels", "rtcore.export": "export", "rtcore.bench": "bench"},
+    install_requires=[
+        "torch>=2.1",
+        "numpy",
+        "safetensors",
+        "transformers>=4.40",
+        "huggingface_hub",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require={
+        # diffusers is the test oracle only; 0.42.1 is the version the parity facts were checked against
+        "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff"],
+    },
+    entry_points={"console_scripts": ["rtcore=rtcore.cli:main"]},
+)
