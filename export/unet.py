@@ -69,9 +69,10 @@ class UNetConfig:
         known = {f.name for f in fields(cls)}
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in known}
         config = cls(**kwargs)
-        for name in config.down_block_types + config.up_block_types:
-            if name not in (CROSS_DOWN, PLAIN_DOWN, CROSS_UP, PLAIN_UP):
-                raise ValueError(f"unet config: block type {name!r} is not supported")
+        for key, accepted in (("down_block_types", (CROSS_DOWN, PLAIN_DOWN)), ("up_block_types", (CROSS_UP, PLAIN_UP))):
+            unknown = [name for name in getattr(config, key) if name not in accepted]
+            if unknown:
+                raise ValueError(f"unet config: {key} entries {unknown} are not supported (accepted: {accepted})")
         return config
 
     def per_block(self, value):

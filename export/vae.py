@@ -41,9 +41,10 @@ class VAEConfig:
         for key, accepted in _UNSUPPORTED.items():
             if key in cfg and cfg[key] not in accepted:
                 raise ValueError(f"vae config: {key}={cfg[key]!r} is not supported (accepted: {accepted})")
-        for name in cfg.get("down_block_types", ()) + cfg.get("up_block_types", ()):
-            if name not in ("DownEncoderBlock2D", "UpDecoderBlock2D"):
-                raise ValueError(f"vae config: block type {name!r} is not supported")
+        for key, accepted in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+            unknown = [name for name in cfg.get(key, ()) if name != accepted]
+            if unknown:
+                raise ValueError(f"vae config: {key} entries {unknown} are not supported (accepted: {accepted})")
         known = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in known})
 

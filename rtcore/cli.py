@@ -1,0 +1,95 @@
+"""The ``rtcore`` command: ``rtcore edit`` and ``rtcore demo``."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .engines import BACKENDS, DTYPES
+
+
+def _edit(args):
+    import torch
+    from tqdm import tqdm
+
+    from rtcore import CycleDiffusion
+    from rtcore.images import load_image
+
+    out = Path(args.out)
+    if out.resolve() == Path(args.image).resolve():
+        raise ValueError("--out must not be the input image: rtcore never overwrites what it was given")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ValueError(f"--out must end in .png, .jpg, .jpeg or .webp, got {out.name!r}")
+    image = load_image(args.image)
+    start = time.perf_counter()
+    pipe = CycleDiffusion.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+    load_s = time.perf_counter() - start
+    with tqdm(total=int(args.steps * args.strength), desc="denoising", disable=args.quiet) as bar:
+        result = pipe(prompt=args.prompt, source_prompt=args.source_prompt, image=image, strength=args.strength,
+                      num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                      source_guidance_scale=args.source_guidance_scale, eta=args.eta,
+                      generator=torch.Generator().manual_seed(args.seed), callback=lambda *_: bar.update())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial{out.suffix}")
+    result.images[0].save(tmp)
+    tmp.replace(out)  # written whole or not at all
+    if not args.quiet:
+        stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in result.timings.items())
+        print(f"wrote {out} (load {load_s * 1e3:.0f} ms; {stages})")
+
+
+def _demo(args):
+    from rtcore.demo import run_demo
+
+    run_demo(args.out_dir, steps=args.steps, strength=args.strength, size=args.size, seed=args.seed,
+             device=args.device)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="rtcore", description="CycleDiffusion image editing on compiled engines")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    edit = sub.add_parser("edit", help="edit an image with a source and a target prompt")
+    edit.add_argument("--model", required=True, help="diffusers-layout checkpoint folder or hub id")
+    edit.add_argument("--image", required=True, help="input image file")
+    edit.add_argument("--source-prompt", required=True, help="what the input image shows")
+    edit.add_argument("--prompt", required=True, help="what the edited image should show")
+    edit.add_argument("--out", required=True, help="output image file (.png/.jpg/.webp)")
+    edit.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    edit.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
+    edit.add_argument("--strength", type=float, default=0.8, help="in (0, 1] (default 0.8)")
+    edit.add_argument("--guidance-scale", type=float, default=7.5)
+    edit.add_argument("--source-guidance-scale", type=float, default=1.0)
+    edit.add_argument("--eta", type=float, default=0.1)
+    edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--backend", default="eager", choices=BACKENDS)
+    edit.add_argument("--device", default="cpu")
+    edit.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    edit.add_argument("--quiet", action="store_true", help="no progress bar or timing line")
+    edit.set_defaults(run=_edit)
+
+    demo = sub.add_parser("demo", help="edit a drawn sample image with the tiny random checkpoint (offline)")
+    demo.add_argument("--out-dir", default="demo_out", help="where before.png and after.png go")
+    demo.add_argument("--steps", type=int, default=50)
+    demo.add_argument("--strength", type=float, default=0.8)
+    demo.add_argument("--size", type=int, default=128, help="sample image side in pixels")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cpu")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
+        print(f"rtcore {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Shared fixtures: the tiny checkpoints are built once per session; diffusers is the oracle."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach the hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="no CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory):
+    from rtcore.export import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-sd1", kind="sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(tmp_path_factory):
+    from rtcore.export import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-sd2", kind="sd2", seed=1)
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_sd1):
+    from rtcore import CycleDiffusion
+
+    return CycleDiffusion.from_pretrained(tiny_sd1)
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipe(tiny_sd1):
+    from diffusers import CycleDiffusionPipeline
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()
+    oracle = CycleDiffusionPipeline.from_pretrained(tiny_sd1, safety_checker=None, feature_extractor=None,
+                                                    requires_safety_checker=False)
+    oracle.set_progress_bar_config(disable=True)
+    return oracle
+
+
+@pytest.fixture(scope="session")
+def image():
+    from rtcore.demo import sample_image
+
+    return sample_image(64, 64)

@@ -1,0 +1,124 @@
+"""The loop against an independent float64 implementation of DESIGN §3 (ε- and v-prediction), and the cases
+where diffusers is wrong: v-prediction, η = 0, and set_alpha_to_one=True."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rtcore import CycleDiffusion
+from rtcore.export.checkpoint import load_unet, load_vae
+from rtcore.prompts import encode_prompts
+from rtcore.schedule import DDIMConfig, ddim_timesteps
+
+PROMPTS = dict(prompt="An astronaut riding an elephant", source_prompt="An astronaut riding a horse")
+
+
+def _alphas64(cfg):
+    """ᾱ in float64 straight from the beta schedule (not via rtcore.schedule's float32 path)."""
+    betas = np.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, cfg.num_train_timesteps) ** 2
+    return np.cumprod(1 - betas)
+
+
+def reference_edit(checkpoint, embed, pixels, steps, strength, w, w_s, eta, seed):
+    """DESIGN §3 written the way the paper and diffusers write it (z_t = (y' − μ_src)/σ), all in float64."""
+    cfg = DDIMConfig.from_dict(json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text()))
+    assert cfg.beta_schedule == "scaled_linear" and eta > 0
+    unet, vae = load_unet(checkpoint / "unet").double(), load_vae(checkpoint / "vae").double()
+    acp = _alphas64(cfg)
+    final = 1.0 if cfg.set_alpha_to_one else acp[0]
+    k = int(steps * strength)
+    ts = ddim_timesteps(cfg, steps)[steps - k:]
+    g = torch.Generator().manual_seed(seed)
+    mean, std = vae.encode(pixels.double())
+    shape = mean.shape
+    x0 = 0.18215 * (mean + std * torch.randn(shape, generator=g).double())
+    a1 = acp[ts[0]]
+    y = x = np.sqrt(a1) * x0 + np.sqrt(1 - a1) * torch.randn(shape, generator=g).double()
+    noises = [torch.randn(shape, generator=g).double() for t in ts if t - 1000 // steps > 0]
+
+    def split(sample, out, a):
+        if cfg.prediction_type == "v_prediction":
+            return np.sqrt(a) * sample - np.sqrt(1 - a) * out, np.sqrt(a) * out + np.sqrt(1 - a) * sample
+        return (sample - np.sqrt(1 - a) * out) / np.sqrt(a), out
+
+    def model(sample, t, cond, scale):
+        out_c = unet(sample, torch.tensor([t]), embed[cond])
+        if scale == 1:
+            return out_c
+        out_u = unet(sample, torch.tensor([t]), embed[""])
+        return out_u + scale * (out_c - out_u)
+
+    for t in ts:
+        prev = t - cfg.num_train_timesteps // steps
+        a, ap = acp[t], (acp[prev] if prev >= 0 else final)
+        sigma = eta * np.sqrt((1 - ap) / (1 - a)) * np.sqrt(1 - a / ap)
+        c = np.sqrt(1 - ap - sigma ** 2)
+        y_next = x0 if prev <= 0 else np.sqrt(ap) * x0 + c * (y - np.sqrt(a) * x0) / np.sqrt(1 - a) + sigma * noises.pop(0)
+        x0_src, eps_src = split(y, model(y, t, "src", w_s), a)
+        z = (y_next - (np.sqrt(ap) * x0_src + c * eps_src)) / sigma
+        x0_tgt, eps_tgt = split(x, model(x, t, "tgt", w if w > 1 else 1), a)
+        x = np.sqrt(ap) * x0_tgt + c * eps_tgt + sigma * z
+        y = y_next
+    return x
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sd2"])
+@pytest.mark.parametrize("steps,strength,w,w_s,eta", [(10, 0.8, 7.5, 1.0, 0.1), (6, 1.0, 3.0, 2.0, 1.0)])
+def test_loop_matches_float64_reference(kind, steps, strength, w, w_s, eta, tiny_sd1, tiny_sd2, image):
+    checkpoint = {"sd1": tiny_sd1, "sd2": tiny_sd2}[kind]
+    pipe = CycleDiffusion.from_pretrained(checkpoint)
+    ours = pipe(image=image, num_inference_steps=steps, strength=strength, guidance_scale=w,
+                source_guidance_scale=w_s, eta=eta, generator=torch.Generator().manual_seed(7), output_type="latent",
+                **PROMPTS).images
+    embeddings = encode_prompts(pipe.engines, ["", PROMPTS["source_prompt"], PROMPTS["prompt"]])
+    embed = {"": embeddings[""], "src": embeddings[PROMPTS["source_prompt"]], "tgt": embeddings[PROMPTS["prompt"]]}
+    embed = {k: v[None].double() for k, v in embed.items()}
+    from rtcore.images import preprocess
+
+    with torch.no_grad():
+        ref = reference_edit(checkpoint, embed, preprocess(image), steps, strength, w, w_s, eta, seed=7)
+    err = (ours.double() - ref).abs().max().item()
+    print(f"{kind}: max latent err vs float64 reference {err:.2e} (latent scale {ref.abs().max().item():.2f})")
+    assert err < 1e-3
+
+
+@pytest.fixture(scope="module")
+def tiny_alpha_one(tiny_sd1, tmp_path_factory):
+    """The tiny checkpoint with set_alpha_to_one=True: σ = 0 on the last step."""
+    path = tmp_path_factory.mktemp("alpha1") / "tiny"
+    shutil.copytree(tiny_sd1, path)
+    cfg_file = path / "scheduler" / "scheduler_config.json"
+    cfg_file.write_text(json.dumps(dict(json.loads(cfg_file.read_text()), set_alpha_to_one=True)))
+    return path
+
+
+def test_set_alpha_to_one_is_finite_where_diffusers_is_nan(tiny_alpha_one, image):
+    from diffusers import CycleDiffusionPipeline
+
+    args = dict(image=image, num_inference_steps=10, output_type="np", **PROMPTS)
+    ours = CycleDiffusion.from_pretrained(tiny_alpha_one)(generator=torch.Generator().manual_seed(0), **args).images
+    assert np.isfinite(ours).all() and ours.std() > 0.01
+    oracle = CycleDiffusionPipeline.from_pretrained(tiny_alpha_one, safety_checker=None, feature_extractor=None,
+                                                    requires_safety_checker=False)
+    oracle.set_progress_bar_config(disable=True)
+    ref = oracle(generator=torch.Generator().manual_seed(0), **args).images
+    assert np.isnan(ref).all()  # the bug rtcore's σ-free update removes (DESIGN §3)
+
+
+def test_eta_zero_is_the_limit_of_small_eta(pipe, image):
+    args = dict(image=image, num_inference_steps=10, output_type="latent", **PROMPTS)
+    at_zero = pipe(eta=0.0, generator=torch.Generator().manual_seed(0), **args).images
+    near_zero = pipe(eta=1e-6, generator=torch.Generator().manual_seed(0), **args).images
+    assert torch.isfinite(at_zero).all()
+    torch.testing.assert_close(at_zero, near_zero, atol=1e-4, rtol=0)
+
+
+def test_eta_zero_still_uses_the_source_prompt(pipe, image):
+    """diffusers drops the source branch at η = 0 (plain DDIM toward the target); rtcore keeps it."""
+    args = dict(image=image, prompt=PROMPTS["prompt"], num_inference_steps=10, eta=0.0, output_type="latent")
+    a = pipe(source_prompt="a horse", generator=torch.Generator().manual_seed(0), **args).images
+    b = pipe(source_prompt="a red car", generator=torch.Generator().manual_seed(0), **args).images
+    assert (a - b).abs().max() > 1e-3
