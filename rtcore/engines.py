@@ -9,8 +9,9 @@ know about them. Pipelines only ever call these; backends only ever produce them
 Inputs and outputs are device tensors in the engine dtype (``input_ids`` stays int64).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

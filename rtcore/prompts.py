@@ -22,7 +22,7 @@ def tokenize(tokenizer, prompts):
     ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                     return_tensors="pt").input_ids
     full = tokenizer(prompts, truncation=False).input_ids
-    for prompt, tokens in zip(prompts, full):
+    for tokens in full:
         if len(tokens) > max_length:
             kept = tokenizer.decode(tokens[1:max_length - 1])
             warnings.warn(f"prompt truncated to CLIP's {max_length} tokens ({len(tokens)} given); kept: {kept!r}",

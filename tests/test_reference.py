@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from rtcore.export.checkpoint import load_unet, load_vae
 
 from rtcore import CycleDiffusion
-from rtcore.export.checkpoint import load_unet, load_vae
 from rtcore.prompts import encode_prompts
 from rtcore.schedule import DDIMConfig, ddim_timesteps
 
@@ -56,7 +56,10 @@ def reference_edit(checkpoint, embed, pixels, steps, strength, w, w_s, eta, seed
         a, ap = acp[t], (acp[prev] if prev >= 0 else final)
         sigma = eta * np.sqrt((1 - ap) / (1 - a)) * np.sqrt(1 - a / ap)
         c = np.sqrt(1 - ap - sigma ** 2)
-        y_next = x0 if prev <= 0 else np.sqrt(ap) * x0 + c * (y - np.sqrt(a) * x0) / np.sqrt(1 - a) + sigma * noises.pop(0)
+        if prev <= 0:
+            y_next = x0
+        else:
+            y_next = np.sqrt(ap) * x0 + c * (y - np.sqrt(a) * x0) / np.sqrt(1 - a) + sigma * noises.pop(0)
         x0_src, eps_src = split(y, model(y, t, "src", w_s), a)
         z = (y_next - (np.sqrt(ap) * x0_src + c * eps_src)) / sigma
         x0_tgt, eps_tgt = split(x, model(x, t, "tgt", w if w > 1 else 1), a)

@@ -19,7 +19,11 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.get('beta_schedule')}-{c.get('timestep_spacing', 'leading')}")
+def _config_id(cfg):
+    return f"{cfg.get('beta_schedule')}-{cfg.get('timestep_spacing', 'leading')}"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("steps,strength", [(1, 1.0), (7, 0.6), (50, 0.8), (50, 1.0), (1000, 0.3)])
 def test_table_matches_diffusers(cfg, steps, strength):
     ref = DDIMScheduler(**cfg)
