@@ -28,6 +28,11 @@ setup(
     extras_require={
         # diffusers is the test oracle only; 0.42.1 is the version the parity facts were checked against
         "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff"],
+        # later backends and services; onnxruntime-gpu provides the same module for GPU users: never install both
+        "onnx": ["onnx", "onnxruntime"],
+        "onnx-gpu": ["onnx", "onnxruntime-gpu"],
+        "bench": ["pytest-benchmark", "matplotlib", "diffusers==0.42.1"],
+        "serve": ["starlette", "uvicorn", "prometheus-client", "python-multipart"],
     },
     entry_points={"console_scripts": ["rtcore=rtcore.cli:main"]},
 )

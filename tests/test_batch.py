@@ -86,3 +86,18 @@ def test_callback_sees_every_step(pipe, image):
          callback=lambda i, t, latents: seen.append((i, t, tuple(latents.shape))), callback_steps=3, **STEPS)
     assert [s[0] for s in seen] == [0, 3, 6]
     assert seen[0][1] == 701 and seen[0][2] == (1, 4, 8, 8)
+
+
+def test_concurrent_calls_equal_serial_calls(pipe, image):
+    """One pipeline object, several threads: same seeds give the same images as serial calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def edit(seed):
+        return edit_alone(pipe, "a red car", "a black car", image, seed)
+
+    seeds = list(range(8))
+    serial = [edit(s) for s in seeds]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(edit, seeds))
+    for a, b in zip(serial, concurrent):
+        np.testing.assert_array_equal(a, b)
