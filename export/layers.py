@@ -51,12 +51,14 @@ class ResnetBlock2D(nn.Module):
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        # separate activation modules so that kernel patching can fuse each GroupNorm→SiLU pair
+        self.act1, self.act2 = nn.SiLU(), nn.SiLU()
 
     def forward(self, x, temb=None):
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(self.act1(self.norm1(x)))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(self.act2(self.norm2(h)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return x + h
@@ -76,6 +78,7 @@ class Attention(nn.Module):
         inner = heads * dim_head
         context_dim = cross_attention_dim or query_dim
         self.heads = heads
+        self.is_cross = cross_attention_dim is not None
         self.upcast = upcast
         self.group_norm = nn.GroupNorm(norm_groups, query_dim, eps=norm_eps) if norm_groups else None
         self.to_q = nn.Linear(query_dim, inner, bias=bias)

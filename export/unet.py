@@ -9,7 +9,6 @@ no SD 1.x/2.x checkpoint sets (class embeddings, added conditioning, other block
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Transformer2DModel, Upsample2D, timestep_embedding
@@ -198,6 +197,7 @@ class UNet(nn.Module):
                                           rheads[i] if cross else None, rtlayers[i], upsample=i < n - 1))
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
+        self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
     def forward(self, sample, timestep, encoder_hidden_states):
@@ -220,4 +220,4 @@ class UNet(nn.Module):
             # upsample to the next skip's size: latents need not be a multiple of 2^levels
             size = tuple(skips[-1].shape[-2:]) if skips else None
             x = block(x, temb, encoder_hidden_states, block_skips, size)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))

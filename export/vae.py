@@ -7,7 +7,6 @@ from the CPU generator, in diffusers' order, so any backend (eager, ONNX, Tensor
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D
@@ -107,6 +106,7 @@ class Encoder(nn.Module):
         )
         self.mid_block = VAEMidBlock(ch[-1], groups)
         self.conv_norm_out = nn.GroupNorm(groups, ch[-1], eps=1e-6)
+        self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x):
@@ -114,7 +114,7 @@ class Encoder(nn.Module):
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))
 
 
 class Decoder(nn.Module):
@@ -128,13 +128,14 @@ class Decoder(nn.Module):
              for i in range(len(rch))]
         )
         self.conv_norm_out = nn.GroupNorm(groups, rch[-1], eps=1e-6)
+        self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(rch[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))
 
 
 class AutoencoderKL(nn.Module):

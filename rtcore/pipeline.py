@@ -115,14 +115,25 @@ class CycleDiffusion:
         self.engines = engines
 
     @classmethod
-    def from_pretrained(cls, path, backend="eager", device="cpu", dtype=torch.float32):
-        """Loads a diffusers-layout Stable Diffusion v1.x/v2.x checkpoint folder (or hub id) onto ``backend``."""
+    def from_pretrained(cls, path, backend="eager", device="cpu", dtype=torch.float32, kernels=False, int8=False):
+        """Loads a diffusers-layout Stable Diffusion v1.x/v2.x checkpoint folder (or hub id) onto ``backend``.
+
+        ``kernels=True`` runs the UNet and VAE on rtcore's Triton kernels (fused GroupNorm+SiLU, fused-QKV
+        attention); ``int8=True`` adds dynamic int8 GEMMs for the layers the size policy selects. Both need
+        Triton and a CUDA device (or ``TRITON_INTERPRET=1`` on the CPU, for tests).
+        """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         from rtcore.export import load_checkpoint  # the export stack only when a checkpoint is built
 
-        return cls(eager_engines(load_checkpoint(path), device, dtype))
+        checkpoint = load_checkpoint(path)
+        if kernels or int8:
+            from rtcore.export.patch import patch
+
+            for model in (checkpoint.unet, checkpoint.vae):
+                patch(model, group_norm=kernels, attention=kernels, int8=int8)
+        return cls(eager_engines(checkpoint, device, dtype))
 
     # -- the two halves -----------------------------------------------------------------------------------------
 

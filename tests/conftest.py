@@ -9,6 +9,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if not torch.cuda.is_available():
+    # Triton kernels run on the CPU under the interpreter; the variable is read when a kernel is defined, so it must
+    # be set before rtcore.kernels (or anything else that defines kernels) is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():

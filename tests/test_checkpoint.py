@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-from rtcore.export import load_checkpoint, make_tiny_checkpoint
 
 from rtcore import CycleDiffusion
+from rtcore.export import load_checkpoint, make_tiny_checkpoint
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL as DiffusersVAE
 from diffusers import UNet2DConditionModel
+
 from rtcore.export.checkpoint import load_unet, load_vae
 from rtcore.export.unet import UNetConfig
 

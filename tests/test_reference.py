@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from rtcore.export.checkpoint import load_unet, load_vae
 
 from rtcore import CycleDiffusion
+from rtcore.export.checkpoint import load_unet, load_vae
 from rtcore.prompts import encode_prompts
 from rtcore.schedule import DDIMConfig, ddim_timesteps
 
