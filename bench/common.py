@@ -46,3 +46,32 @@ def summarize(seconds):
     ms = sorted(s * 1e3 for s in seconds)
     q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
     return {"median_ms": statistics.median(ms), "p20_ms": q[1], "p80_ms": q[7], "runs": len(ms)}
+
+
+def synchronized(fn, device):
+    """fn wrapped so that a wall-clock timer sees the GPU work finish."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
+
+
+def kernel_benchmark(benchmark, fn, device, **info):
+    """Times fn with pytest-benchmark (warm-up apart) and records the device/version header and extra figures."""
+    benchmark.extra_info.update(header(device))
+    benchmark.extra_info.update(info)
+    return benchmark.pedantic(synchronized(fn, device), rounds=20, iterations=5, warmup_rounds=3)
+
+
+def record_rate(benchmark, *, bytes_moved=None, flops=None):
+    """Adds GB/s and/or TFLOP/s at the median time to the benchmark's extra info."""
+    seconds = benchmark.stats.stats.median  # pytest-benchmark reports per-iteration times
+    if bytes_moved is not None:
+        benchmark.extra_info["GB/s"] = bytes_moved / seconds / 1e9
+    if flops is not None:
+        benchmark.extra_info["TFLOP/s"] = flops / seconds / 1e12
