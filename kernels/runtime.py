@@ -9,5 +9,5 @@ def interpreting():
 
 def check_device(tensor, op):
     if not tensor.is_cuda and not interpreting():
-        raise RuntimeError(f"{op}: Triton kernels need CUDA tensors (got {tensor.device}); to run them on the CPU "
+        raise ValueError(f"{op}: Triton kernels need CUDA tensors (got {tensor.device}); to run them on the CPU "
                            "for testing, set TRITON_INTERPRET=1 before triton is imported")

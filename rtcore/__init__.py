@@ -4,7 +4,13 @@ The runtime package imports neither ``rtcore.export`` nor ``rtcore.bench`` at im
 engines without the export stack.
 """
 
+from .manifest import EngineMismatch
 from .pipeline import CycleDiffusion, CycleDiffusionOutput, EncodedSource
 
 __version__ = "0.1.0"
-__all__ = ["CycleDiffusion", "CycleDiffusionOutput", "EncodedSource", "__version__"]
+__all__ = ["CycleDiffusion", "CycleDiffusionOutput", "EncodedSource", "EngineMismatch", "__version__", "load"]
+
+
+def load(engine_dir, device="cpu", providers=None):
+    """A CycleDiffusion pipeline on an engine directory built by ``rtcore export``."""
+    return CycleDiffusion.load(engine_dir, device, providers)

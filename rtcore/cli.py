@@ -40,6 +40,16 @@ def _edit(args):
         print(f"wrote {out} (load {load_s * 1e3:.0f} ms; {stages})")
 
 
+def _export(args):
+    from rtcore.export.build import build
+
+    start = time.perf_counter()
+    out = build(args.checkpoint, args.out, backend=args.backend, dtype=args.dtype, height=args.height,
+                width=args.width, batch=args.batch, kernels=args.kernels, int8=args.int8, device=args.device,
+                overwrite=args.overwrite)
+    print(f"wrote {args.backend} engine directory {out} in {time.perf_counter() - start:.1f} s")
+
+
 def _demo(args):
     from rtcore.demo import run_demo
 
@@ -64,11 +74,27 @@ def build_parser():
     edit.add_argument("--source-guidance-scale", type=float, default=1.0)
     edit.add_argument("--eta", type=float, default=0.1)
     edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--backend", default="eager", choices=BACKENDS)
+    edit.add_argument("--backend", default=None, choices=BACKENDS,
+                      help="for a checkpoint: eager (default) or a backend to build into the cache; "
+                           "for an engine directory: leave unset")
     edit.add_argument("--device", default="cpu")
-    edit.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    edit.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default fp32 (engine dirs: theirs)")
     edit.add_argument("--quiet", action="store_true", help="no progress bar or timing line")
     edit.set_defaults(run=_edit)
+
+    export = sub.add_parser("export", help="build an engine directory from a checkpoint")
+    export.add_argument("checkpoint", help="diffusers-layout checkpoint folder or hub id")
+    export.add_argument("--backend", default="onnx", choices=[b for b in BACKENDS if b != "eager"])
+    export.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    export.add_argument("--height", type=int, default=None, help="image height of the shape profile")
+    export.add_argument("--width", type=int, default=None, help="image width of the shape profile")
+    export.add_argument("--batch", type=int, default=1, help="images per call of the shape profile")
+    export.add_argument("--kernels", action="store_true", help="Triton kernels (compile backend)")
+    export.add_argument("--int8", action="store_true", help="int8 dynamic quantization (compile backend)")
+    export.add_argument("--device", default="cpu", help="where to build (TensorRT and GPU compile need cuda)")
+    export.add_argument("--out", required=True, help="engine directory to write")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    export.set_defaults(run=_export)
 
     demo = sub.add_parser("demo", help="edit a drawn sample image with the tiny random checkpoint (offline)")
     demo.add_argument("--out-dir", default="demo_out", help="where before.png and after.png go")

@@ -10,16 +10,17 @@ Inputs and outputs are device tensors in the engine dtype (``input_ids`` stays i
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .schedule import DDIMConfig
 
-BACKENDS = ("eager",)
+BACKENDS = ("eager", "onnx", "compile", "tensorrt")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}  # as manifests write them
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Engines:
     device: torch.device
     dtype: torch.dtype
     backend: str
+    fixed_size: tuple = None  # (H, W) for engines built for one image size; None: any multiple of vae_scale_factor
+    providers: dict = field(default_factory=dict)  # ONNX Runtime: the providers each session really runs
 
 
 def resolve_dtype(dtype):

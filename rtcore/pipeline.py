@@ -17,6 +17,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ import torch
 from .cycle import Guidance, denoise, draw_noise, noisy_steps
 from .engines import BACKENDS, Engines, eager_engines, resolve_device, resolve_dtype
 from .images import postprocess, preprocess
+from .manifest import MANIFEST, read_manifest
 from .prompts import as_prompt_list, encode_prompts
 from .schedule import StepTable, step_table
 
@@ -115,17 +117,36 @@ class CycleDiffusion:
         self.engines = engines
 
     @classmethod
-    def from_pretrained(cls, path, backend="eager", device="cpu", dtype=torch.float32, kernels=False, int8=False):
-        """Loads a diffusers-layout Stable Diffusion v1.x/v2.x checkpoint folder (or hub id) onto ``backend``.
+    def from_pretrained(cls, path, backend=None, device="cpu", dtype=None, kernels=False, int8=False, height=None,
+                        width=None, batch=1):
+        """A pipeline from a checkpoint (folder or hub id) or from an engine directory.
 
-        ``kernels=True`` runs the UNet and VAE on rtcore's Triton kernels (fused GroupNorm+SiLU, fused-QKV
-        attention); ``int8=True`` adds dynamic int8 GEMMs for the layers the size policy selects. Both need
-        Triton and a CUDA device (or ``TRITON_INTERPRET=1`` on the CPU, for tests).
+        Checkpoint: ``backend`` "eager" (default) runs the reference models; "onnx", "compile" or "tensorrt"
+        builds an engine directory into the cache once (keyed by checkpoint content, settings and versions) and
+        loads it. ``kernels=True`` runs the UNet and VAE on rtcore's Triton kernels; ``int8=True`` adds dynamic
+        int8 GEMMs where the size policy says (eager and compile backends; Triton and a CUDA device needed).
+        ``height``/``width``/``batch`` set the shape profile of built engines (default: the UNet's sample size).
+        Engine directory (has a manifest.json): its backend and dtype are used; passing others is an error.
         """
-        if backend not in BACKENDS:
+        if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        device, dtype = resolve_device(device), resolve_dtype(dtype)
-        from rtcore.export import load_checkpoint  # the export stack only when a checkpoint is built
+        device = resolve_device(device)
+        if (Path(str(path)) / MANIFEST).is_file():
+            manifest = read_manifest(path)
+            if backend not in (None, manifest["backend"]):
+                raise ValueError(f"{path} is a {manifest['backend']!r} engine directory; backend={backend!r} "
+                                 "does not match (leave backend unset)")
+            if dtype is not None and resolve_dtype(dtype) != resolve_dtype(manifest["dtype"]):
+                raise ValueError(f"{path} was built for dtype {manifest['dtype']}; dtype={dtype!r} does not match")
+            return cls.load(path, device)
+        backend = backend or "eager"
+        dtype = resolve_dtype(dtype or torch.float32)
+        if backend != "eager":
+            from rtcore.export.build import cached_build  # the export stack only when a checkpoint is built
+
+            engine_dir = cached_build(path, backend, dtype, height, width, batch, kernels, int8, device)
+            return cls.load(engine_dir, device)
+        from rtcore.export import load_checkpoint
 
         checkpoint = load_checkpoint(path)
         if kernels or int8:
@@ -135,6 +156,13 @@ class CycleDiffusion:
                 patch(model, group_norm=kernels, attention=kernels, int8=int8)
         return cls(eager_engines(checkpoint, device, dtype))
 
+    @classmethod
+    def load(cls, engine_dir, device="cpu", providers=None):
+        """A pipeline on an engine directory (``rtcore export`` output): no export stack, no checkpoint needed."""
+        from .load import load_engines
+
+        return cls(load_engines(engine_dir, device, providers))
+
     # -- the two halves -----------------------------------------------------------------------------------------
 
     def _prepare_source(self, pixels, sources, batch, strength, num_inference_steps, eta, num_images_per_prompt,
@@ -142,6 +170,10 @@ class CycleDiffusion:
         """Validates the source side; returns (table, x0, z, step_noise, source prompt per item)."""
         eng = self.engines
         _check_positive_int(num_images_per_prompt, "num_images_per_prompt")
+        if eng.fixed_size is not None and tuple(pixels.shape[2:]) != tuple(eng.fixed_size):
+            raise ValueError(f"image: this {eng.backend} engine was built for {eng.fixed_size[1]}x{eng.fixed_size[0]} "
+                             f"images, got {pixels.shape[3]}x{pixels.shape[2]}; resize the image or rebuild the "
+                             "engine with --height/--width")
         table = step_table(eng.scheduler, num_inference_steps, strength, eta)
         n_images = pixels.shape[0]
         n = batch * num_images_per_prompt

@@ -1,0 +1,209 @@
+"""Engine builders: a checkpoint → an engine directory (ONNX, AOTInductor, TensorRT), and the content-keyed cache.
+
+    build("path/to/checkpoint", "engines/sd15-onnx", backend="onnx", dtype="fp32", height=512, width=512)
+    engine_dir = cached_build("path/to/checkpoint", backend="onnx")   # ~/.cache/rtcore/… built once, then reused
+
+Each model is exported from its declared contract (``contracts.py``) into its own subfolder, so that the external
+data files of models over 2 GB cannot collide. The manifest is written last and the directory is renamed into
+place, so a build that is interrupted leaves only a hidden ``.*.building-*`` folder and never a valid-looking
+engine directory.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from rtcore.engines import DTYPE_NAMES, resolve_device, resolve_dtype
+from rtcore.manifest import (
+    BACKEND_DEPENDENCIES,
+    DEVICE_BOUND,
+    FORMAT_VERSION,
+    MANIFEST,
+    EngineMismatch,
+    commit_directory,
+    device_info,
+    recorded_versions,
+    sha256_file,
+    validate,
+    version_of,
+)
+
+from . import compile_flags
+from .checkpoint import load_checkpoint, resolve
+from .contracts import contracts
+
+BACKENDS = ("onnx", "compile", "tensorrt")
+ONNX_OPSET = 18
+
+
+def cache_root():
+    return Path(os.environ.get("RTCORE_CACHE", Path.home() / ".cache" / "rtcore"))
+
+
+def fingerprint(root) -> str:
+    """sha256 over the checkpoint's weight and config files (names and contents)."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".txt")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def _export_onnx(contract, folder):
+    import onnx
+
+    path = folder / "model.onnx"
+    # the TorchScript-based exporter: ~10× faster to export than the dynamo one here, and its graphs run as fast
+    # in ONNX Runtime; models over 2 GB get their weights in external data files in the same folder
+    torch.onnx.export(contract.module, contract.sample, str(path), input_names=list(contract.inputs),
+                      output_names=list(contract.outputs), dynamic_axes=contract.dynamic_axes,
+                      opset_version=ONNX_OPSET, dynamo=False)
+    onnx.checker.check_model(str(path))  # by path: works for models with external data
+    return path
+
+
+def _export_aoti(contract, folder, device):
+    dims = {}
+    dynamic = {}
+    for name in contract.inputs:
+        axes = contract.dynamic_axes.get(name, {})
+        # only the batch/rows/prompts axis is dynamic: spatial sizes are fixed at build time (the shape profile)
+        dynamic[name] = {0: dims.setdefault(axes[0], torch.export.Dim(axes[0], min=1, max=1024))} if 0 in axes \
+            else None
+    with torch.no_grad():
+        program = torch.export.export(contract.module, contract.sample, dynamic_shapes=dynamic)
+        path = folder / "model.pt2"
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                 inductor_configs=compile_flags.inductor_flags(device))
+    return path
+
+
+def _export_tensorrt(contract, folder, device, fp16):
+    from rtcore.tensorrt_engine import build_plan
+
+    onnx_path = _export_onnx(contract, folder)
+    return build_plan(onnx_path, folder / "model.plan", contract.profile, fp16=fp16,
+                      timing_cache=folder.parent / "timing.cache")
+
+
+def _files_of(folder, root):
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _check_options(backend, dtype, kernels, int8, device):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if (kernels or int8) and backend != "compile":
+        raise ValueError(f"kernels/int8 are Triton ops for the 'compile' (and eager) backends; the {backend} backend "
+                         "uses its own fused kernels: drop --kernels/--int8 or use --backend compile")
+    if backend == "tensorrt":
+        from rtcore.tensorrt_engine import require_tensorrt
+
+        require_tensorrt()
+        if device.type != "cuda":
+            raise ValueError("backend 'tensorrt' builds for a GPU: pass device='cuda'")
+    if backend == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ValueError("backend 'onnx' needs the onnx package to export: pip install 'rtcore[onnx]'") from None
+    if dtype != torch.float32 and device.type == "cpu" and backend != "onnx":
+        raise ValueError(f"dtype {dtype} builds need device='cuda' for the {backend} backend")
+
+
+def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None, batch=1, kernels=False,
+          int8=False, device="cpu", overwrite=False):
+    """Exports the four models of ``checkpoint`` into the engine directory ``out``; returns its path."""
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    _check_options(backend, dtype, kernels, int8, device)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose a new folder or pass overwrite=True (--overwrite)")
+    root = resolve(checkpoint)
+    ckpt = load_checkpoint(root)
+    size = ckpt.unet.config.sample_size * ckpt.vae.config.scale_factor
+    height, width = height or size, width or size
+    if kernels or int8:
+        from .patch import patch
+
+        for model in (ckpt.unet, ckpt.vae):
+            patch(model, group_norm=kernels, attention=kernels, int8=int8)
+    for model in (ckpt.unet, ckpt.vae, ckpt.text_encoder):
+        model.to(device, dtype).eval()
+    if backend == "compile" and device.type == "cuda":
+        ckpt.unet.to(memory_format=torch.channels_last)
+        ckpt.vae.to(memory_format=torch.channels_last)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        models = {}
+        for name, contract in contracts(ckpt, height, width, batch, device, dtype).items():
+            folder = tmp / name
+            folder.mkdir()
+            if backend == "onnx":
+                artifact = _export_onnx(contract, folder)
+            elif backend == "compile":
+                artifact = _export_aoti(contract, folder, device)
+            else:
+                artifact = _export_tensorrt(contract, folder, device, fp16=dtype != torch.float32)
+            models[name] = {"file": str(artifact.relative_to(tmp)), "files": _files_of(folder, tmp),
+                            "inputs": list(contract.inputs), "outputs": list(contract.outputs),
+                            "profile": contract.profile}
+        shutil.copytree(root / "tokenizer", tmp / "tokenizer")
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(ckpt.scheduler_config, indent=2))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "backend": backend,
+            "dtype": DTYPE_NAMES[dtype],
+            "kernels": bool(kernels),
+            "int8": bool(int8),
+            "checkpoint": {"path": str(root), "fingerprint": fingerprint(root)},
+            "shapes": {"height": height, "width": width, "batch": batch,
+                       "fixed_size": backend != "onnx"},  # ONNX engines take any size; the others are built for one
+            "config": {"scaling_factor": ckpt.vae.config.scaling_factor,
+                       "vae_scale_factor": ckpt.vae.config.scale_factor,
+                       "latent_channels": ckpt.vae.config.latent_channels},
+            "versions": recorded_versions(),
+            "device": device_info(device),
+            "models": models,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        return commit_directory(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def cache_key(root, backend, dtype, height, width, batch, kernels, int8, device):
+    deps = {d: version_of(d) for d in BACKEND_DEPENDENCIES[backend]}
+    key = dict(format=FORMAT_VERSION, fingerprint=fingerprint(root), backend=backend, dtype=str(dtype),
+               height=height, width=width, batch=batch, kernels=kernels, int8=int8, deps=deps,
+               device=device_info(device) if DEVICE_BOUND[backend] else None)
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_build(checkpoint, backend="onnx", dtype="fp32", height=None, width=None, batch=1, kernels=False,
+                 int8=False, device="cpu"):
+    """The engine directory for these settings from the cache, built once (a stale or corrupt entry is rebuilt)."""
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    root = resolve(checkpoint)
+    key = cache_key(root, backend, dtype, height, width, batch, kernels, int8, device)
+    path = cache_root() / f"{root.name}-{backend}-{key}"
+    if path.exists():
+        try:
+            validate(path, device)
+            return path
+        except (EngineMismatch, FileNotFoundError):
+            pass  # a miss: rebuilt below
+    return build(root, path, backend, dtype, height, width, batch, kernels, int8, device, overwrite=True)

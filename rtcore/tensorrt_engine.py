@@ -1,0 +1,83 @@
+"""TensorRT engines, an optional backend: ONNX → plan with an optimisation profile, fp16, and a timing cache.
+
+TensorRT is imported only here and only when it is asked for. The project installs and its tests pass without
+it. Asking for it where it is missing gives one clear message. The engine runs on torch CUDA tensors: the
+input and output addresses are bound before each ``execute_async_v3`` on the current stream.
+"""
+
+import torch
+
+
+def require_tensorrt():
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        raise ValueError("backend 'tensorrt' needs NVIDIA TensorRT (pip install tensorrt, on a machine with a CUDA "
+                         "GPU); use backend='onnx' or 'compile' otherwise") from None
+
+
+def build_plan(onnx_path, plan_path, profile, fp16=True, timing_cache=None, workspace_gb=8):
+    """Parses an ONNX file and serialises a TensorRT plan for the given (min, opt, max) profile."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gb << 30)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    opt_profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile.items():
+        opt_profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(opt_profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path}")
+    plan_path.write_bytes(bytes(plan))
+    if timing_cache is not None:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return plan_path
+
+
+class TensorRTModel:
+    """One deserialised plan behind the engine call signature: torch CUDA tensors in, torch tensors out."""
+
+    def __init__(self, plan_path, inputs, outputs, device):
+        import tensorrt as trt
+
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        self.context = self.engine.create_execution_context()
+        self.inputs, self.outputs, self.device = inputs, outputs, device
+        self.dtypes = {name: _torch_dtype(self.engine.get_tensor_dtype(name)) for name in inputs + outputs}
+
+    def __call__(self, *args):
+        stream = torch.cuda.current_stream(self.device)
+        keep = []  # converted inputs must outlive the asynchronous launch
+        for name, tensor in zip(self.inputs, args):
+            tensor = tensor.to(self.dtypes[name]).contiguous()
+            keep.append(tensor)
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        results = []
+        for name in self.outputs:
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), device=self.device, dtype=self.dtypes[name])
+            self.context.set_tensor_address(name, out.data_ptr())
+            results.append(out)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        return results[0] if len(results) == 1 else tuple(results)
+
+
+def _torch_dtype(trt_dtype):
+    import tensorrt as trt
+
+    return {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
+            trt.int64: torch.int64, trt.int32: torch.int32}[trt_dtype]

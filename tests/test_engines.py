@@ -1,0 +1,189 @@
+"""Engine directories: the ONNX Runtime backend against eager, manifests, atomic builds, the cache, the CLI."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rtcore import CycleDiffusion, EngineMismatch, load
+from rtcore.manifest import validate
+
+ARGS = dict(prompt="An astronaut riding an elephant", source_prompt="An astronaut riding a horse",
+            num_inference_steps=20, strength=0.8, output_type="np")
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_sd1, tmp_path_factory):
+    from rtcore.export.build import build
+
+    return build(tiny_sd1, tmp_path_factory.mktemp("engines") / "tiny-onnx", backend="onnx", height=64, width=64)
+
+
+@pytest.fixture
+def onnx_copy(onnx_dir, tmp_path):
+    path = tmp_path / "copy"
+    shutil.copytree(onnx_dir, path)
+    return path
+
+
+@pytest.mark.parametrize("size", [(64, 64), (64, 48)])
+def test_onnx_edit_matches_eager(onnx_dir, pipe, size):
+    from rtcore.demo import sample_image
+
+    engine = load(onnx_dir)
+    assert engine.engines.backend == "onnx"
+    assert all(p == ["CPUExecutionProvider"] for p in engine.engines.providers.values())
+    image = sample_image(*size)  # ONNX engines take any multiple of 8, not only the profile's size
+    got = engine(image=image, generator=torch.Generator().manual_seed(0), **ARGS).images
+    want = pipe(image=image, generator=torch.Generator().manual_seed(0), **ARGS).images
+    err = np.abs(got - want).max()
+    print(f"onnx vs eager: {err:.2e}")
+    assert err <= 2e-3
+
+
+def test_manifest_contents(onnx_dir):
+    m = json.loads((onnx_dir / "manifest.json").read_text())
+    assert m["backend"] == "onnx" and m["dtype"] == "fp32" and m["format_version"] == 1
+    assert set(m["models"]) == {"text_encoder", "vae_encoder", "vae_decoder", "unet"}
+    assert len(m["checkpoint"]["fingerprint"]) == 64 and m["versions"]["torch"] == torch.__version__
+    assert m["models"]["unet"]["inputs"] == ["sample", "timestep", "encoder_hidden_states"]
+    assert m["models"]["unet"]["profile"]["sample"][2][0] == 4  # max rows = 4 × batch
+
+
+def _edit_manifest(path, **changes):
+    manifest_file = path / "manifest.json"
+    manifest_file.write_text(json.dumps(dict(json.loads(manifest_file.read_text()), **changes)))
+
+
+def test_format_version_mismatch_says_how_to_rebuild(onnx_copy):
+    _edit_manifest(onnx_copy, format_version=99)
+    with pytest.raises(EngineMismatch, match="rtcore export .* --backend onnx"):
+        load(onnx_copy)
+
+
+def test_dependency_version_mismatch(onnx_copy):
+    m = json.loads((onnx_copy / "manifest.json").read_text())
+    _edit_manifest(onnx_copy, backend="compile", versions=dict(m["versions"], torch="0.0.1"), device={"type": "cpu"})
+    with pytest.raises(EngineMismatch, match="torch 0.0.1"):
+        validate(onnx_copy, "cpu")
+
+
+def test_engine_for_another_gpu_is_refused(onnx_copy):
+    m = json.loads((onnx_copy / "manifest.json").read_text())
+    _edit_manifest(onnx_copy, backend="compile", versions=dict(m["versions"], torch=torch.__version__),
+                   device={"type": "cuda", "name": "NVIDIA H100", "capability": "9.0"})
+    with pytest.raises(EngineMismatch, match="built for"):
+        validate(onnx_copy, "cpu")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_corrupted_artifact_is_refused(onnx_copy, damage):
+    artifact = onnx_copy / "unet" / "model.onnx"
+    data = bytearray(artifact.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        artifact.write_bytes(bytes(data))
+    elif damage == "truncate":
+        artifact.write_bytes(bytes(data[: len(data) // 3]))
+    else:
+        artifact.unlink()
+    with pytest.raises(EngineMismatch, match="unet"):
+        load(onnx_copy)
+
+
+def test_interrupted_build_leaves_nothing_that_looks_valid(tiny_sd1, tmp_path, monkeypatch):
+    from rtcore.export import build as build_module
+
+    real = build_module._export_onnx
+
+    def fail_on_unet(contract, folder):
+        if contract.name == "unet":
+            raise KeyboardInterrupt  # the user pressed Ctrl-C halfway
+        return real(contract, folder)
+
+    monkeypatch.setattr(build_module, "_export_onnx", fail_on_unet)
+    out = tmp_path / "engine"
+    with pytest.raises(KeyboardInterrupt):
+        build_module.build(tiny_sd1, out, backend="onnx")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_build_refuses_to_overwrite(onnx_dir, tiny_sd1):
+    from rtcore.export.build import build
+
+    with pytest.raises(FileExistsError, match="overwrite"):
+        build(tiny_sd1, onnx_dir, backend="onnx")
+
+
+def test_from_pretrained_builds_into_the_cache_once(tiny_sd1, tmp_path, monkeypatch):
+    monkeypatch.setenv("RTCORE_CACHE", str(tmp_path / "cache"))
+    first = CycleDiffusion.from_pretrained(tiny_sd1, backend="onnx")
+    (entry,) = list((tmp_path / "cache").iterdir())
+    stamp = (entry / "manifest.json").stat().st_mtime_ns
+    second = CycleDiffusion.from_pretrained(tiny_sd1, backend="onnx")
+    assert (entry / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert first.engines.backend == second.engines.backend == "onnx"
+    # a corrupted cache entry is a miss: rebuilt, not run
+    (entry / "unet" / "model.onnx").write_bytes(b"garbage")
+    third = CycleDiffusion.from_pretrained(tiny_sd1, backend="onnx")
+    assert third.engines.backend == "onnx" and validate(entry, "cpu")
+
+
+def test_engine_directory_runs_without_the_export_stack(onnx_dir, tmp_path):
+    code = f"""
+import sys, torch, numpy as np, rtcore
+pipe = rtcore.load({str(onnx_dir)!r})
+image = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
+out = pipe(prompt="a", source_prompt="b", image=image, num_inference_steps=4, output_type="np",
+           generator=torch.Generator().manual_seed(0))
+loaded = [m for m in ("rtcore.export", "rtcore.bench", "diffusers") if m in sys.modules]
+print(out.images.shape, loaded)
+sys.exit(1 if loaded else 0)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_backend_and_dtype_must_match_the_engine_directory(onnx_dir):
+    with pytest.raises(ValueError, match="backend"):
+        CycleDiffusion.from_pretrained(onnx_dir, backend="compile")
+    with pytest.raises(ValueError, match="dtype"):
+        CycleDiffusion.from_pretrained(onnx_dir, dtype="fp16")
+
+
+def test_tensorrt_without_tensorrt_is_a_clear_error(tiny_sd1, tmp_path):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed")
+    from rtcore.export.build import build
+
+    with pytest.raises(ValueError, match="TensorRT"):
+        build(tiny_sd1, tmp_path / "trt", backend="tensorrt")
+
+
+def test_kernels_are_refused_for_onnx(tiny_sd1, tmp_path):
+    from rtcore.export.build import build
+
+    with pytest.raises(ValueError, match="kernels"):
+        build(tiny_sd1, tmp_path / "x", backend="onnx", kernels=True)
+
+
+def test_cli_export_then_edit(tiny_sd1, tmp_path):
+    from rtcore.demo import sample_image
+
+    out = tmp_path / "engine"
+    cmd = [sys.executable, "-m", "rtcore"]
+    result = subprocess.run(cmd + ["export", str(tiny_sd1), "--backend", "onnx", "--height", "64", "--width", "64",
+                                   "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    sample_image(64, 64).save(tmp_path / "in.png")
+    result = subprocess.run(cmd + ["edit", "--model", str(out), "--image", str(tmp_path / "in.png"),
+                                   "--source-prompt", "a horse", "--prompt", "an elephant", "--steps", "4",
+                                   "--out", str(tmp_path / "out.png"), "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.png").is_file()
