@@ -76,8 +76,11 @@ def _export_aoti(contract, folder, device):
         # only the batch/rows/prompts axis is dynamic: spatial sizes are fixed at build time (the shape profile)
         dynamic[name] = {0: dims.setdefault(axes[0], torch.export.Dim(axes[0], min=1, max=1024))} if 0 in axes \
             else None
+    # torch.export specialises a size-1 dimension to the constant 1: trace dynamic axes at size 2 at least
+    sample = tuple(t.expand(2, *t.shape[1:]).contiguous() if dynamic[n] and t.shape[0] == 1 else t
+                   for n, t in zip(contract.inputs, contract.sample))
     with torch.no_grad():
-        program = torch.export.export(contract.module, contract.sample, dynamic_shapes=dynamic)
+        program = torch.export.export(contract.module, sample, dynamic_shapes=dynamic)
         path = folder / "model.pt2"
         torch._inductor.aoti_compile_and_package(program, package_path=str(path),
                                                  inductor_configs=compile_flags.inductor_flags(device))

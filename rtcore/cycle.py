@@ -105,7 +105,7 @@ def _guided(uncond, cond, scale):
 
 
 def denoise(unet, table: StepTable, guidance: Guidance, z, context, dtype, *, x0=None, step_noise=None,
-            residuals=None, callback=None, callback_steps=1):
+            residuals=None, callback=None, callback_steps=1, timesteps=None):
     """Runs the loop. Two modes, chosen by what is given:
 
     - source known (``x0`` and ``step_noise`` given): the source rows run and each step's residual y' − μ_src is
@@ -113,14 +113,17 @@ def denoise(unet, table: StepTable, guidance: Guidance, z, context, dtype, *, x0
     - ``residuals`` given (edit): only the target rows run, the residuals come from an earlier encode.
 
     ``context`` holds the text embeddings of every row, in row order (see :class:`Guidance`), already repeated per
-    item. ``z`` (N, C, h, w) float32 is the noised start. Returns (x, recorded residuals or None).
+    item. ``z`` (N, C, h, w) float32 is the noised start. ``timesteps`` is the table's timesteps as a device
+    tensor (made here when not given). Returns (x, recorded residuals or None). Nothing is read back from the
+    device: every scalar comes from the CPU table.
     """
     with_source = residuals is None
     n_src_rows = (2 if guidance.source_cfg else 1) if with_source else 0
     n_rows = context.shape[0] // z.shape[0]
     with_target = n_rows > n_src_rows
     noise_at = {i: k for k, i in enumerate(noisy_steps(table))} if with_source else {}
-    timesteps = torch.as_tensor(table.timesteps, device=z.device)
+    if timesteps is None:
+        timesteps = torch.as_tensor(table.timesteps, device=z.device)
     recorded = [] if with_source and not with_target else None
     x = y = z
     for i in range(len(table)):

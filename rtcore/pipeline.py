@@ -15,6 +15,7 @@ A pipeline object holds no per-call state: concurrent calls from several threads
 
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,29 @@ def _stage(timings, name, device):
 
 
 class CycleDiffusion:
-    def __init__(self, engines: Engines):
+    def __init__(self, engines: Engines, cuda_graphs=None):
+        """``cuda_graphs``: replay the denoising loop from CUDA graphs (default: on for CUDA devices with the eager
+        and compile backends, whose engines run on torch's stream; ONNX Runtime and TensorRT run on their own)."""
         self.engines = engines
+        if cuda_graphs is None:
+            cuda_graphs = engines.device.type == "cuda" and engines.backend in ("eager", "compile")
+        self._graphed = None
+        if cuda_graphs:
+            from .graphs import GraphedDenoiser
+
+            self._graphed = GraphedDenoiser(engines.unet, engines.device)
+
+    def _denoise(self, table, guidance, z, context, callback=None, callback_steps=1, **source):
+        """The loop, from a CUDA graph when enabled (a callback needs the plain loop: it runs Python per step)."""
+        if self._graphed is not None and callback is None:
+            try:
+                return self._graphed(table, guidance, z, context, self.engines.dtype, **source)
+            except RuntimeError as err:  # capture is not possible for every engine: fall back, say so once
+                warnings.warn(f"CUDA graph capture failed ({err}); running the denoising loop without graphs",
+                              stacklevel=3)
+                self._graphed = None
+        return denoise(self.engines.unet, table, guidance, z, context, self.engines.dtype, callback=callback,
+                       callback_steps=callback_steps, **source)
 
     @classmethod
     def from_pretrained(cls, path, backend=None, device="cpu", dtype=None, kernels=False, int8=False, height=None,
@@ -236,8 +258,7 @@ class CycleDiffusion:
         with _stage(timings, "text_encode", self.engines.device):
             context = self._context(guidance, source_items, [])
         with _stage(timings, "denoise", self.engines.device), torch.inference_mode():
-            _, residuals = denoise(self.engines.unet, table, guidance, z, context, self.engines.dtype, x0=x0,
-                                   step_noise=step_noise)
+            _, residuals = self._denoise(table, guidance, z, context, x0=x0, step_noise=step_noise)
         settings = dict(strength=strength, num_inference_steps=num_inference_steps, eta=eta,
                         source_guidance_scale=source_guidance_scale, timings=timings)
         return EncodedSource(table=table, z=z, residuals=residuals, image_size=tuple(pixels.shape[2:]),
@@ -259,8 +280,8 @@ class CycleDiffusion:
             context = self._context(guidance, [], _broadcast(targets, n))
         z = source.z.expand(n, -1, -1, -1)
         with _stage(timings, "denoise", self.engines.device), torch.inference_mode():
-            x, _ = denoise(self.engines.unet, source.table, guidance, z, context, self.engines.dtype,
-                           residuals=source.residuals, callback=callback, callback_steps=callback_steps)
+            x, _ = self._denoise(source.table, guidance, z, context, callback, callback_steps,
+                                 residuals=source.residuals)
         return self._finish(x, output_type, return_dict, timings)
 
     # -- the whole edit in one loop (3 UNet rows per step by default) ---------------------------------------------
@@ -283,6 +304,5 @@ class CycleDiffusion:
         with _stage(timings, "text_encode", self.engines.device):
             context = self._context(guidance, source_items, _broadcast(targets, len(source_items)))
         with _stage(timings, "denoise", self.engines.device), torch.inference_mode():
-            x, _ = denoise(self.engines.unet, table, guidance, z, context, self.engines.dtype, x0=x0,
-                           step_noise=step_noise, callback=callback, callback_steps=callback_steps)
+            x, _ = self._denoise(table, guidance, z, context, callback, callback_steps, x0=x0, step_noise=step_noise)
         return self._finish(x, output_type, return_dict, timings)

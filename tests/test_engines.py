@@ -187,3 +187,24 @@ def test_cli_export_then_edit(tiny_sd1, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out.png").is_file()
+
+
+@pytest.mark.slow
+def test_compile_backend_matches_eager(tiny_sd1, pipe, tmp_path):
+    """AOTInductor packages (about 1.5 min to build on 2 CPU cores; inductor's on-disk cache makes reruns faster)."""
+    from rtcore.demo import sample_image
+    from rtcore.export.build import build
+
+    engine_dir = build(tiny_sd1, tmp_path / "tiny-compile", backend="compile", height=64, width=64)
+    assert sorted(p.name for p in engine_dir.glob("*/model.pt2")) == ["model.pt2"] * 4
+    compiled = load(engine_dir)
+    image = sample_image(64, 64)
+    got = compiled(image=image, generator=torch.Generator().manual_seed(0), **ARGS).images
+    want = pipe(image=image, generator=torch.Generator().manual_seed(0), **ARGS).images
+    err = np.abs(got - want).max()
+    print(f"compile vs eager: {err:.2e}")
+    assert err <= 2e-3
+    with pytest.raises(ValueError, match="built for 64x64"):
+        compiled(image=sample_image(64, 48), **ARGS)
+    m = json.loads((engine_dir / "manifest.json").read_text())
+    assert m["shapes"]["fixed_size"] and m["device"] == {"type": "cpu"}
