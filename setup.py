@@ -28,7 +28,8 @@ setup(
     extras_require={
         # diffusers is the test oracle only; 0.42.1 is the version the parity facts were checked against
         # triton runs the kernel tests on the CPU under its interpreter; CUDA torch wheels bring their own triton
-        "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "onnxruntime"],
+        "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "onnxruntime",
+                 "matplotlib"],
         "kernels": ["triton"],
         # later backends and services; onnxruntime-gpu provides the same module for GPU users: never install both
         "onnx": ["onnx", "onnxruntime"],

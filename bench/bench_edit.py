@@ -1,11 +1,16 @@
-"""rtcore backends vs diffusers' CycleDiffusionPipeline: per-edit time on the same weights and inputs, one process.
+"""The edit benchmark harness: rtcore backends and diffusers side by side, in one process, on the same weights.
 
-    python -m rtcore.bench.bench_edit [--backends eager,onnx] [--steps 50] [--strength 0.8] [--runs 7]
-                                      [--threads 1] [--out bench_out]
+    python -m rtcore.bench --preset tiny --backends eager,onnx,compile --peers diffusers --runs 7 --out bench_out
+    rtcore bench --preset sd15 --device cuda --dtype fp16 --backends eager,compile,compile+kernels \\
+                 --peers diffusers,diffusers-compile
 
-Runs are interleaved (alternating which pipeline goes first) so drift hits both alike; the first call of each
-is a warm-up reported apart. Both images are compared: a fast but wrong result is reported as wrong. Writes
-``bench_edit.json`` and prints a Markdown table. On CPU only the ratio means something.
+Each pipeline is built (cold start: load, engine build, compile: timed apart), warmed up once, then all
+pipelines run interleaved, alternating the order from one round to the next, so that drift hits all of them alike.
+Each image is compared with rtcore eager's: a fast but wrong pipeline is reported as wrong. An extra
+instrumented run per pipeline gives the stage breakdown (text encode, VAE encode, denoise, VAE decode, host
+overhead). Stage FLOPs from the configs give the achieved TFLOP/s and, on a known GPU, the fraction of peak.
+Outputs: bench_edit.json, bench_edit.md, bench_edit.png (a stacked bar per pipeline), and with --compare OLD.json
+a list of regressions.
 """
 
 import argparse
@@ -17,120 +22,205 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import header, summarize
+from .common import header, summarize, synchronized
+
+PRESETS = {  # preset → (image side, random checkpoint dtype on disk)
+    "tiny": (64, torch.float32),
+    "sd15": (512, torch.float16),
+    "sd21": (768, torch.float16),
+}
+STAGES = ("text_encode", "vae_encode", "denoise", "vae_decode")
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def _rtcore_pipeline(backend, checkpoint, workdir, device, size):
-    """(pipeline, cold-start seconds): eager loads the checkpoint; other backends build an engine dir, then load."""
+def _rtcore(spec, checkpoint, workdir, device, dtype, size, batch):
+    """'eager', 'onnx', 'compile+kernels', 'eager+kernels+int8' … → a CycleDiffusion pipeline."""
     from rtcore import CycleDiffusion
 
-    start = time.perf_counter()
+    backend, *flags = spec.split("+")
+    kernels, int8 = "kernels" in flags, "int8" in flags
     if backend == "eager":
-        pipe = CycleDiffusion.from_pretrained(checkpoint, device=device)
-    else:
-        from rtcore.export.build import build
+        return CycleDiffusion.from_pretrained(checkpoint, device=device, dtype=dtype, kernels=kernels, int8=int8)
+    from rtcore.export.build import build
 
-        engine_dir = build(checkpoint, Path(workdir) / f"engine-{backend}", backend=backend, height=size, width=size,
-                           device=device)
-        pipe = CycleDiffusion.load(engine_dir, device)
-    return pipe, time.perf_counter() - start
+    engine_dir = build(checkpoint, Path(workdir) / f"engine-{spec}", backend=backend, dtype=dtype, height=size,
+                       width=size, batch=batch, kernels=kernels, int8=int8, device=device)
+    return CycleDiffusion.load(engine_dir, device)
 
 
-def run(checkpoint=None, steps=50, strength=0.8, guidance_scale=7.5, runs=7, threads=1, size=64, device="cpu",
-        backends=("eager",)):
+def _diffusers(spec, checkpoint, device, dtype):
+    """'diffusers' (eager) or 'diffusers-compile' (UNet and VAE decode under torch.compile, as diffusers'
+    "Accelerate inference" guide does)."""
     from diffusers import CycleDiffusionPipeline
+
+    pipe = CycleDiffusionPipeline.from_pretrained(checkpoint, safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if spec == "diffusers-compile":
+        mode = "max-autotune" if torch.device(device).type == "cuda" else None
+        if torch.device(device).type == "cuda":
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True)
+        pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, fullgraph=True)
+    return pipe
+
+
+def _diffusers_stages(pipe, run, device):
+    """One instrumented diffusers run: times encode_prompt, vae.encode, the UNet calls and vae.decode."""
+    times = dict.fromkeys(STAGES, 0.0)
+    sync = synchronized(lambda: None, device)
+
+    def wrap(obj, attr, stage):
+        original = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            sync()
+            times[stage] += time.perf_counter() - start
+            return out
+
+        setattr(obj, attr, timed)
+        return obj, attr, original
+
+    patched = [wrap(pipe, "encode_prompt", "text_encode"), wrap(pipe.vae, "encode", "vae_encode"),
+               wrap(pipe.vae, "decode", "vae_decode"), wrap(pipe.unet, "forward", "denoise")]
+    try:
+        run()
+    finally:
+        for obj, attr, original in patched:
+            setattr(obj, attr, original)
+    return times
+
+
+def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",), steps=50, strength=0.8,
+        guidance_scale=7.5, size=None, batch=1, dtype="fp32", runs=7, threads=1, device="cpu"):
     from diffusers.utils import logging
 
     from rtcore.demo import sample_image
+    from rtcore.engines import resolve_dtype
+    from rtcore.export import make_random_checkpoint
+
+    from .flops import peak_tflops, stage_flops
 
     if threads:
         torch.set_num_threads(threads)
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    label = "tiny" if checkpoint is None else str(checkpoint)
+    torch_dtype = resolve_dtype(dtype)
+    size = size or PRESETS[preset][0]
+    names = [f"rtcore {b}" for b in backends] + list(peers)
+    pipes, cold = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
-            from rtcore.export import make_tiny_checkpoint
+            checkpoint = make_random_checkpoint(Path(tmp) / preset, preset, dtype=PRESETS[preset][1])
+        for name in names:
+            start = time.perf_counter()
+            if name.startswith("rtcore "):
+                pipes[name] = _rtcore(name[7:], checkpoint, tmp, device, torch_dtype, size, batch)
+            else:
+                pipes[name] = _diffusers(name, checkpoint, device, torch_dtype)
+            cold[name] = time.perf_counter() - start
+        image = sample_image(size, size)
+        args = dict(prompt=["An astronaut riding an elephant"] * batch,
+                    source_prompt=["An astronaut riding a horse"] * batch, image=[image] * batch,
+                    num_inference_steps=steps, strength=strength, guidance_scale=guidance_scale, output_type="np")
+        calls = {name: synchronized(lambda p=p: p(generator=[torch.Generator().manual_seed(k) for k in range(batch)],
+                                                  **args), device) for name, p in pipes.items()}
+        warmup, times, outputs, peak = {}, {n: [] for n in names}, {}, {}
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            warmup[name] = time.perf_counter() - start
+        for r in range(runs):
+            for name in names if r % 2 == 0 else names[::-1]:
+                if torch.device(device).type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                start = time.perf_counter()
+                outputs[name] = calls[name]()
+                times[name].append(time.perf_counter() - start)
+                if torch.device(device).type == "cuda":
+                    peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated(device))
+        stages = {}
+        for name in names:
+            if name.startswith("rtcore "):
+                stages[name] = dict(outputs[name].timings)
+            else:
+                stages[name] = _diffusers_stages(pipes[name], calls[name], device)
+        k = int(steps * strength)
+        # rows per step and prompts encoded per edit: rtcore skips the unused unconditional source row (w_s = 1)
+        # and encodes each distinct prompt once; diffusers runs 4 rows and 4 prompt encodings
+        flops = {"rtcore": stage_flops(checkpoint, size, size, 3 if guidance_scale > 1 else 2, 3, k),
+                 "diffusers": stage_flops(checkpoint, size, size, 4 if guidance_scale > 1 else 2, 4, k)}
 
-            checkpoint = make_tiny_checkpoint(Path(tmp) / "tiny")
-        ours, cold = {}, {}
-        for backend in backends:
-            ours[backend], cold[f"rtcore {backend}"] = _rtcore_pipeline(backend, checkpoint, tmp, device, size)
-        start = time.perf_counter()
-        theirs = CycleDiffusionPipeline.from_pretrained(checkpoint, safety_checker=None, feature_extractor=None,
-                                                        requires_safety_checker=False).to(device)
-        cold["diffusers eager"] = time.perf_counter() - start
-    theirs.set_progress_bar_config(disable=True)
-    args = dict(prompt="An astronaut riding an elephant", source_prompt="An astronaut riding a horse",
-                image=sample_image(size, size), num_inference_steps=steps, strength=strength,
-                guidance_scale=guidance_scale, output_type="np")
-    calls = {f"rtcore {b}": (lambda p=p: p(generator=torch.Generator().manual_seed(0), **args).images)
-             for b, p in ours.items()}
-    calls["diffusers eager"] = lambda: theirs(generator=torch.Generator().manual_seed(0), **args).images
-    warmup = {name: _timed(fn)[0] for name, fn in calls.items()}
-    times = {name: [] for name in calls}
-    images = {}
-    order = list(calls)
-    for r in range(runs):
-        for name in order if r % 2 == 0 else order[::-1]:
-            seconds, images[name] = _timed(calls[name])
-            times[name].append(seconds)
-    base = times["diffusers eager"]
-    rows = {}
-    for name, t in times.items():
-        err = float(np.abs(images[name] - images["diffusers eager"]).max())
-        rows[name] = dict(summarize(t), warmup_ms=warmup[name] * 1e3, cold_start_ms=cold[name] * 1e3,
-                          ratio_vs_diffusers=summarize(t)["median_ms"] / summarize(base)["median_ms"],
-                          max_abs_err_vs_diffusers=err, correct=err <= 1e-3)
+    reference = outputs[names[0]].images
+    tol = 1e-3 if torch_dtype == torch.float32 else 3e-2
+    hdr = header(device)
+    results = {}
+    base = summarize(times[names[-1]])["median_ms"] if peers else None
+    for name in names:
+        t = summarize(times[name])
+        stage_ms = {s: stages[name].get(s, 0.0) * 1e3 for s in STAGES}
+        total_ms = t["median_ms"]
+        stage_ms["host_overhead"] = max(total_ms - sum(stage_ms.values()), 0.0)
+        stage_ms["denoise_per_step"] = stage_ms["denoise"] / k
+        fl = flops["rtcore" if name.startswith("rtcore") else "diffusers"]
+        achieved = {s: batch * fl[s] / (stage_ms[s] / 1e3) / 1e12 for s in STAGES if stage_ms[s] > 0}
+        peak_tf = peak_tflops(hdr["device_name"], dtype) if torch.device(device).type == "cuda" else None
+        err = float(np.abs(outputs[name].images - reference).max())
+        results[name] = dict(
+            t, warmup_ms=warmup[name] * 1e3, cold_start_ms=cold[name] * 1e3, stages_ms=stage_ms,
+            tflops=achieved, fraction_of_peak={s: v / peak_tf for s, v in achieved.items()} if peak_tf else None,
+            peak_memory_mb=peak[name] / 2**20 if name in peak else None,
+            ratio_vs_baseline=total_ms / base if base else None,
+            max_abs_err_vs_rtcore_eager=err, correct=err <= tol)
     return {
         "benchmark": "bench_edit",
-        "header": header(device),
-        "settings": dict(steps=steps, strength=strength, guidance_scale=guidance_scale, size=size, runs=runs,
-                         threads=torch.get_num_threads(), checkpoint=label),
-        "results": rows,
+        "header": hdr,
+        "settings": dict(preset=preset, size=size, steps=steps, strength=strength, guidance_scale=guidance_scale,
+                         batch=batch, dtype=dtype, runs=runs, threads=torch.get_num_threads(),
+                         baseline=names[-1] if peers else None, flops=flops),
+        "results": results,
     }
 
 
-def markdown(report):
-    s, h = report["settings"], report["header"]
-    lines = [f"CycleDiffusion edit, {s['checkpoint']} checkpoint, {s['size']}x{s['size']}, {s['steps']} steps, "
-             f"strength {s['strength']}, guidance {s['guidance_scale']}, {s['threads']} thread(s), "
-             f"{h['device_name']} ({h['device']}), {h['date']}, rev {h['git_revision']}", "",
-             "| pipeline | median ms | p20 ms | p80 ms | × diffusers | max abs err | warm-up ms | cold start ms |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, r in report["results"].items():
-        verdict = f"{r['max_abs_err_vs_diffusers']:.1e}" + ("" if r["correct"] else " WRONG")
-        lines.append(f"| {name} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | {r['p80_ms']:.1f} | "
-                     f"**{r['ratio_vs_diffusers']:.3f}** | {verdict} | {r['warmup_ms']:.1f} | "
-                     f"{r['cold_start_ms']:.0f} |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None, help="diffusers-layout folder (default: build the tiny one)")
-    parser.add_argument("--backends", default="eager", help="comma-separated rtcore backends (eager,onnx,compile)")
+    from .report import chart, compare, markdown
+
+    parser = argparse.ArgumentParser(prog="rtcore bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--checkpoint", default=None,
+                        help="a diffusers-layout folder instead of the preset's random one")
+    parser.add_argument("--backends", default="eager", help="rtcore backends, comma-separated: eager, onnx, compile, "
+                                                            "tensorrt, with +kernels / +int8 (eager, compile)")
+    parser.add_argument("--peers", default="diffusers", help="diffusers, diffusers-compile, comma-separated; the "
+                                                             "last one is the baseline of the ratios ('' for none)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--strength", type=float, default=0.8)
     parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--size", type=int, default=None, help="image side (default: the preset's)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="bench_out")
+    parser.add_argument("--compare", default=None, help="an earlier bench_edit.json: flag regressions")
     args = parser.parse_args(argv)
-    report = run(args.checkpoint, args.steps, args.strength, args.guidance_scale, args.runs, args.threads, args.size,
-                 args.device, tuple(args.backends.split(",")))
+    report = run(args.preset, args.checkpoint, tuple(filter(None, args.backends.split(","))),
+                 tuple(filter(None, args.peers.split(","))), args.steps, args.strength, args.guidance_scale,
+                 args.size, args.batch, args.dtype, args.runs, args.threads, args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        report["regressions"] = compare(json.loads(Path(args.compare).read_text()), report)
     (out / "bench_edit.json").write_text(json.dumps(report, indent=2))
-    print(markdown(report))
+    text = markdown(report)
+    (out / "bench_edit.md").write_text(text + "\n")
+    chart(report, out / "bench_edit.png")
+    print(text)
+    return report
 
 
 if __name__ == "__main__":

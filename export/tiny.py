@@ -1,8 +1,9 @@
-"""The tiny random checkpoint: SD-v1 (or SD-v2-like) layout at toy sizes, written in diffusers' folder layout.
+"""Random checkpoints in diffusers' folder layout: the tiny ones for tests and the demo, and real-shape ones
+(SD 1.5, SD 2.1-768) for benchmarks that must run offline.
 
-Tests, the demo and the tiny benchmarks use it, so nothing is downloaded and diffusers can load the very same
-folder as the oracle. Weights are random (seeded), the CLIP BPE vocabulary is built here from the byte alphabet
-plus merges for a few demo words, and the scheduler is SD's DDIM configuration.
+Tests, the demo and the tiny benchmarks use the tiny checkpoint, so nothing is downloaded and diffusers can
+load the very same folder as the oracle. Weights are random (seeded). The CLIP BPE vocabulary is built here
+from the byte alphabet plus merges for a few demo words. The scheduler is SD's DDIM configuration.
 """
 
 import json
@@ -34,6 +35,19 @@ VAE_CONFIG = dict(block_out_channels=[16, 32, 32, 32], layers_per_block=1, laten
                   up_block_types=["UpDecoderBlock2D"] * 4, scaling_factor=0.18215)
 TEXT_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                    max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu")
+# real shapes: SD 1.5 (UNet ~860M parameters, VAE ~84M, CLIP ViT-L/14 text encoder) and SD 2.1-768 (v-prediction)
+SD15_UNET = dict(block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, attention_head_dim=8,
+                 cross_attention_dim=768, sample_size=64)
+SD21_UNET = dict(SD15_UNET, attention_head_dim=[5, 10, 20, 20], cross_attention_dim=1024, use_linear_projection=True,
+                 upcast_attention=True, sample_size=96)
+SD_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, norm_num_groups=32,
+              sample_size=512, down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+              scaling_factor=0.18215)
+CLIP_L14 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", vocab_size=49408)
+OPENCLIP_H14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                    max_position_embeddings=77, projection_dim=1024, hidden_act="gelu", vocab_size=49408)
+
 SCHEDULER_CONFIG = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
                     "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
                     "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
@@ -98,33 +112,61 @@ def _write_tokenizer(folder):
     return vocab
 
 
-def make_tiny_checkpoint(path, kind="sd1", seed=0):
-    """Writes a random tiny SD checkpoint folder at ``path`` and returns it. ``kind``: "sd1" (ε-prediction,
-    conv projections) or "sd2" (v-prediction, linear projections, per-block heads, upcast attention)."""
+# preset → (unet config, vae config, text config, prediction type)
+PRESETS = {
+    "tiny": (UNET_CONFIGS["sd1"], VAE_CONFIG, TEXT_CONFIG, "epsilon"),
+    "tiny-sd2": (UNET_CONFIGS["sd2"], VAE_CONFIG, TEXT_CONFIG, "v_prediction"),
+    "sd15": (SD15_UNET, SD_VAE, CLIP_L14, "epsilon"),
+    "sd21": (SD21_UNET, dict(SD_VAE, sample_size=768), OPENCLIP_H14, "v_prediction"),
+}
+
+
+def _gentle_init(model, std=0.02):
+    """Small normal weights and zero biases, so that a random model at full depth stays finite in fp16."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.ndim > 1:
+                p.normal_(0.0, std)
+
+
+def make_random_checkpoint(path, preset="tiny", seed=0, dtype=torch.float32):
+    """Writes a random checkpoint folder at ``path`` for a preset of PRESETS and returns it.
+
+    "tiny" (SD-v1 layout, ε-prediction) and "tiny-sd2" (v-prediction, linear projections, per-block heads,
+    upcast attention) are toy-sized for tests. "sd15" and "sd21" have the real SD 1.5 / 2.1-768 shapes with
+    small random weights, for benchmarks: several GB, so pass dtype=torch.float16 to halve the disk.
+    """
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if kind not in UNET_CONFIGS:
-        raise ValueError(f"kind must be one of {sorted(UNET_CONFIGS)}, got {kind!r}")
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     root = Path(path)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not empty; choose a new folder")
+    unet_cfg, vae_cfg, text_cfg, prediction_type = PRESETS[preset]
+    real_size = not preset.startswith("tiny")
     torch.manual_seed(seed)
     vocab = _write_tokenizer(root / "tokenizer")
 
-    unet_cfg = dict(UNET_CONFIGS[kind], _class_name="UNet2DConditionModel")
-    _save_model(root / "unet", UNet(UNetConfig.from_dict(unet_cfg)), unet_cfg)
-    vae_cfg = dict(VAE_CONFIG, _class_name="AutoencoderKL")
-    _save_model(root / "vae", AutoencoderKL(VAEConfig.from_dict(vae_cfg)), vae_cfg)
+    models = []
+    unet_cfg = dict(unet_cfg, _class_name="UNet2DConditionModel")
+    models.append((root / "unet", UNet(UNetConfig.from_dict(unet_cfg)), unet_cfg, "diffusion_pytorch_model"))
+    vae_cfg = dict(vae_cfg, _class_name="AutoencoderKL")
+    models.append((root / "vae", AutoencoderKL(VAEConfig.from_dict(vae_cfg)), vae_cfg, "diffusion_pytorch_model"))
+    text = dict(text_cfg)
+    text.setdefault("vocab_size", len(vocab))
+    clip_cfg = CLIPTextConfig(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                              pad_token_id=vocab["<|endoftext|>"], **text)
+    clip_cfg.architectures = ["CLIPTextModel"]
+    models.append((root / "text_encoder", CLIPTextModel(clip_cfg), clip_cfg.to_dict(), "model"))
+    for folder, model, config, stem in models:
+        if real_size:
+            _gentle_init(model)
+        _save_model(folder, model.to(dtype), config, filename=f"{stem}.safetensors")
 
-    text_cfg = CLIPTextConfig(vocab_size=len(vocab), bos_token_id=vocab["<|startoftext|>"],
-                              eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
-                              **TEXT_CONFIG)
-    text_cfg.architectures = ["CLIPTextModel"]
-    _save_model(root / "text_encoder", CLIPTextModel(text_cfg), text_cfg.to_dict(), filename="model.safetensors")
-
-    scheduler = dict(SCHEDULER_CONFIG)
-    if kind == "sd2":
-        scheduler["prediction_type"] = "v_prediction"
+    scheduler = dict(SCHEDULER_CONFIG, prediction_type=prediction_type)
     _write_json(root / "scheduler" / "scheduler_config.json", scheduler)
     _write_json(root / "model_index.json", {
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
@@ -133,3 +175,10 @@ def make_tiny_checkpoint(path, kind="sd1", seed=0):
         "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
         "feature_extractor": [None, None], "requires_safety_checker": False})
     return root
+
+
+def make_tiny_checkpoint(path, kind="sd1", seed=0):
+    """The tiny random checkpoint: ``kind`` "sd1" (ε-prediction) or "sd2" (SD 2.x options, v-prediction)."""
+    if kind not in ("sd1", "sd2"):
+        raise ValueError(f"kind must be 'sd1' or 'sd2', got {kind!r}")
+    return make_random_checkpoint(path, "tiny" if kind == "sd1" else "tiny-sd2", seed)

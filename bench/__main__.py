@@ -1,0 +1,3 @@
+from rtcore.bench.bench_edit import main
+
+main()

@@ -1,0 +1,73 @@
+"""bench_edit reports: a Markdown table, a PNG chart of time per stage per pipeline, and regressions vs an old run."""
+
+STAGE_ORDER = ("text_encode", "vae_encode", "denoise", "vae_decode", "host_overhead")
+REGRESSION = 1.10  # slower by more than 10% (median) is a regression
+
+
+def _fmt(value, spec=".1f", missing="—"):
+    return missing if value is None else format(value, spec)
+
+
+def markdown(report):
+    s, h = report["settings"], report["header"]
+    lines = [f"CycleDiffusion edit, preset {s['preset']}, {s['size']}×{s['size']}, batch {s['batch']}, {s['steps']} "
+             f"steps × strength {s['strength']}, guidance {s['guidance_scale']}, {s['dtype']}, "
+             f"{h['device_name']} ({h['device']}, {s['threads']} CPU thread(s)), {h['date']}, rev {h['git_revision']}",
+             "", f"| pipeline | median ms | p20 ms | p80 ms | × {s['baseline'] or 'baseline'} | max abs err vs rtcore "
+             "eager | warm-up ms | cold start ms | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["results"].items():
+        err = f"{r['max_abs_err_vs_rtcore_eager']:.1e}" + ("" if r["correct"] else " **WRONG**")
+        lines.append(f"| {name} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | {r['p80_ms']:.1f} | "
+                     f"**{_fmt(r['ratio_vs_baseline'], '.3f')}** | {err} | {r['warmup_ms']:.1f} | "
+                     f"{r['cold_start_ms']:.0f} | {_fmt(r['peak_memory_mb'], '.0f')} |")
+    lines += ["", "Stage breakdown (ms; diffusers' denoise is its UNet calls, the rest of its loop is host overhead):",
+              "", "| pipeline | " + " | ".join(STAGE_ORDER) + " | per step | denoise TFLOP/s | denoise % of peak |",
+              "|---|" + "---|" * (len(STAGE_ORDER) + 3)]
+    for name, r in report["results"].items():
+        st = r["stages_ms"]
+        frac = (r["fraction_of_peak"] or {}).get("denoise")
+        lines.append(f"| {name} | " + " | ".join(f"{st[k]:.1f}" for k in STAGE_ORDER) +
+                     f" | {st['denoise_per_step']:.2f} | {_fmt(r['tflops'].get('denoise'), '.2f')} | "
+                     f"{_fmt(None if frac is None else 100 * frac, '.0f')} |")
+    if report.get("regressions") is not None:
+        lines += ["", "Regressions vs the compared run: " + ("; ".join(report["regressions"]) or "none")]
+    return "\n".join(lines)
+
+
+def chart(report, path):
+    """A horizontal stacked bar per pipeline: median time split by stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["results"])
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(names)))
+    left = [0.0] * len(names)
+    for stage in STAGE_ORDER:
+        values = [report["results"][n]["stages_ms"][stage] for n in names]
+        ax.barh(names, values, left=left, label=stage)
+        left = [a + b for a, b in zip(left, values)]
+    s = report["settings"]
+    ax.set_xlabel("ms per edit (median)")
+    ax.set_title(f"{s['preset']} {s['size']}×{s['size']}, {s['dtype']}, {report['header']['device_name']}")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def compare(old, new):
+    """Pipelines that got slower than REGRESSION× their old median, or that became wrong."""
+    flagged = []
+    for name, r in new["results"].items():
+        before = old.get("results", {}).get(name)
+        if before is None:
+            continue
+        if r["median_ms"] > REGRESSION * before["median_ms"]:
+            flagged.append(f"{name}: {before['median_ms']:.1f} → {r['median_ms']:.1f} ms")
+        if before.get("correct") and not r["correct"]:
+            flagged.append(f"{name}: was correct, now wrong ({r['max_abs_err_vs_rtcore_eager']:.1e})")
+    return flagged

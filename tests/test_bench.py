@@ -1,0 +1,64 @@
+"""The benchmark harness, run for real on the tiny preset (few steps, one round), and its FLOP counts."""
+
+import copy
+import json
+
+import pytest
+
+from rtcore.bench.bench_edit import main
+from rtcore.bench.flops import peak_tflops, stage_flops
+from rtcore.bench.report import compare
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = main(["--preset", "tiny", "--backends", "eager,onnx", "--peers", "diffusers", "--steps", "5",
+                   "--runs", "2", "--out", str(out)])
+    return result, out
+
+
+def test_harness_writes_json_markdown_and_chart(report):
+    result, out = report
+    saved = json.loads((out / "bench_edit.json").read_text())
+    assert set(saved["results"]) == {"rtcore eager", "rtcore onnx", "diffusers"}
+    for name, r in saved["results"].items():
+        assert r["correct"], name
+        assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        assert set(r["stages_ms"]) >= {"text_encode", "vae_encode", "denoise", "vae_decode", "host_overhead"}
+        assert r["stages_ms"]["denoise"] > 0 and r["cold_start_ms"] > 0
+    assert saved["results"]["diffusers"]["ratio_vs_baseline"] == 1.0
+    assert saved["header"]["versions"]["torch"] and saved["header"]["git_revision"] is not None
+    assert "| rtcore onnx |" in (out / "bench_edit.md").read_text()
+    assert (out / "bench_edit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_flags_regressions(report):
+    result, _ = report
+    slower = copy.deepcopy(result)
+    slower["results"]["rtcore onnx"]["median_ms"] *= 1.5
+    slower["results"]["rtcore eager"]["correct"] = False
+    flagged = compare(result, slower)
+    assert any(f.startswith("rtcore onnx") for f in flagged) and any("now wrong" in f for f in flagged)
+    assert compare(result, result) == []
+
+
+def test_flop_counts_match_design_at_sd15_shapes(tmp_path):
+    """DESIGN §7: UNet 0.80 TFLOP per row, VAE encode 1.12, decode 2.52, CLIP 13 GFLOP per prompt (512², SD 1.5)."""
+    from rtcore.export.tiny import CLIP_L14, SD15_UNET, SD_VAE
+
+    for name, cfg in (("unet", SD15_UNET), ("vae", SD_VAE), ("text_encoder", CLIP_L14)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+    flops = stage_flops(tmp_path, 512, 512, unet_rows=3, prompts=1, steps=40)
+    assert flops["unet_per_row"] / 1e12 == pytest.approx(0.80, rel=0.01)
+    assert flops["vae_encode"] / 1e12 == pytest.approx(1.12, rel=0.01)
+    assert flops["vae_decode"] / 1e12 == pytest.approx(2.52, rel=0.01)
+    assert flops["text_encode"] / 1e9 == pytest.approx(13, rel=0.03)
+    assert flops["denoise"] / 1e12 == pytest.approx(0.80 * 3 * 40, rel=0.01)  # ≈ 96 TFLOP: DESIGN's 3-row edit
+
+
+def test_peak_table():
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989
+    assert peak_tflops("NVIDIA H100 PCIe", "fp16") == 756
+    assert peak_tflops("cpu", "fp32") is None
