@@ -29,7 +29,8 @@ setup(
         # diffusers is the test oracle only; 0.42.1 is the version the parity facts were checked against
         # triton runs the kernel tests on the CPU under its interpreter; CUDA torch wheels bring their own triton
         "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "onnxruntime",
-                 "matplotlib"],
+                 "matplotlib",
+                 "starlette", "uvicorn", "prometheus-client", "python-multipart"],
         "kernels": ["triton"],
         # later backends and services; onnxruntime-gpu provides the same module for GPU users: never install both
         "onnx": ["onnx", "onnxruntime"],

@@ -53,7 +53,7 @@ def _diffusers(spec, checkpoint, device, dtype):
     from diffusers import CycleDiffusionPipeline
 
     pipe = CycleDiffusionPipeline.from_pretrained(checkpoint, safety_checker=None, feature_extractor=None,
-                                                  requires_safety_checker=False, torch_dtype=dtype).to(device)
+                                                  requires_safety_checker=False, dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     if spec == "diffusers-compile":
         mode = "max-autotune" if torch.device(device).type == "cuda" else None

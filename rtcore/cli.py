@@ -50,6 +50,13 @@ def _export(args):
     print(f"wrote {args.backend} engine directory {out} in {time.perf_counter() - start:.1f} s")
 
 
+def _serve(args):
+    from rtcore.serve import serve
+
+    serve(args.model, host=args.host, port=args.port, backend=args.backend, device=args.device, dtype=args.dtype,
+          max_concurrency=args.max_concurrency, max_queue=args.max_queue, timeout_s=args.timeout)
+
+
 def _demo(args):
     from rtcore.demo import run_demo
 
@@ -95,6 +102,18 @@ def build_parser():
     export.add_argument("--out", required=True, help="engine directory to write")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.set_defaults(run=_export)
+
+    srv = sub.add_parser("serve", help="serve edits over HTTP (POST /edit, GET /healthz, GET /metrics)")
+    srv.add_argument("model", help="engine directory or checkpoint")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--backend", default=None, choices=BACKENDS)
+    srv.add_argument("--device", default="cpu")
+    srv.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    srv.add_argument("--max-concurrency", type=int, default=1, help="edits running at once")
+    srv.add_argument("--max-queue", type=int, default=8, help="edits waiting; beyond this: 429")
+    srv.add_argument("--timeout", type=float, default=60.0, help="seconds per request; beyond this: 504")
+    srv.set_defaults(run=_serve)
 
     sub.add_parser("bench", help="benchmark rtcore backends against diffusers (see rtcore bench --help)")
     demo = sub.add_parser("demo", help="edit a drawn sample image with the tiny random checkpoint (offline)")
