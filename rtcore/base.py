@@ -1,0 +1,158 @@
+"""What every rtcore pipeline shares: loading (checkpoint, hub id or engine directory), argument checks,
+timing per stage, and turning final latents into images with a NaN check.
+
+A pipeline object holds no per-call state, so concurrent calls from several threads are safe.
+"""
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engines import BACKENDS, Engines, eager_engines, resolve_device, resolve_dtype
+from .images import postprocess
+from .manifest import MANIFEST, read_manifest
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class PipelineOutput:
+    images: Any
+    nsfw_content_detected: Any = None
+    timings: dict = field(default_factory=dict)  # seconds per stage of this call
+
+
+
+
+def check_number(value, name, low=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+
+
+def check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def check_output_type(output_type):
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+
+def batch_size(**lists):
+    """Each named list has length 1 (shared) or B; returns B or raises naming the mismatching parameters."""
+    sizes = {name: len(items) for name, items in lists.items()}
+    batch = max(sizes.values())
+    bad = {name: n for name, n in sizes.items() if n not in (1, batch)}
+    if bad:
+        raise ValueError(f"batch sizes do not match: {sizes}; each of {', '.join(sizes)} must have one item or "
+                         f"the same number of items")
+    return batch
+
+
+def broadcast(items, n):
+    """A list of 1 or n → a list of n (item j of n items made from a list of B = item j // (n // B))."""
+    return [items[j * len(items) // n] for j in range(n)]
+
+
+def check_generator(generator, n):
+    if generator is None or isinstance(generator, torch.Generator):
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError("generator must be a CPU torch.Generator: rtcore draws all noise on the CPU so that "
+                             "every device gives the same image for a seed")
+        return
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ValueError(f"generator is a list of {len(generator)} generators; it must have one per output "
+                             f"image ({n} = batch size x num_images_per_prompt)")
+        for g in generator:
+            check_generator(g, n)
+        return
+    raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+
+
+@contextmanager
+def stage(timings, name, device):
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+class Pipeline:
+    def __init__(self, engines: Engines):
+        self.engines = engines
+
+    @classmethod
+    def from_pretrained(cls, path, backend=None, device="cpu", dtype=None, kernels=False, int8=False, height=None,
+                        width=None, batch=1):
+        """A pipeline from a checkpoint (folder or hub id) or from an engine directory.
+
+        Checkpoint: ``backend`` "eager" (default) runs the reference models; "onnx", "compile" or "tensorrt"
+        builds an engine directory into the cache once (keyed by checkpoint content, settings and versions) and
+        loads it. ``kernels=True`` runs the UNet and VAE on rtcore's Triton kernels; ``int8=True`` adds dynamic
+        int8 GEMMs where the size policy says (eager and compile backends; Triton and a CUDA device needed).
+        ``height``/``width``/``batch`` set the shape profile of built engines (default: the UNet's sample size).
+        Engine directory (has a manifest.json): its backend and dtype are used; passing others is an error.
+        """
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        device = resolve_device(device)
+        if (Path(str(path)) / MANIFEST).is_file():
+            manifest = read_manifest(path)
+            if backend not in (None, manifest["backend"]):
+                raise ValueError(f"{path} is a {manifest['backend']!r} engine directory; backend={backend!r} "
+                                 "does not match (leave backend unset)")
+            if dtype is not None and resolve_dtype(dtype) != resolve_dtype(manifest["dtype"]):
+                raise ValueError(f"{path} was built for dtype {manifest['dtype']}; dtype={dtype!r} does not match")
+            return cls.load(path, device)
+        backend = backend or "eager"
+        dtype = resolve_dtype(dtype or torch.float32)
+        if backend != "eager":
+            from rtcore.export.build import cached_build  # the export stack only when a checkpoint is built
+
+            engine_dir = cached_build(path, backend, dtype, height, width, batch, kernels, int8, device)
+            return cls.load(engine_dir, device)
+        from rtcore.export import load_checkpoint
+
+        checkpoint = load_checkpoint(path)
+        if kernels or int8:
+            from rtcore.export.patch import patch
+
+            for model in (checkpoint.unet, checkpoint.vae):
+                patch(model, group_norm=kernels, attention=kernels, int8=int8)
+        return cls(eager_engines(checkpoint, device, dtype))
+
+    @classmethod
+    def load(cls, engine_dir, device="cpu", providers=None):
+        """A pipeline on an engine directory (``rtcore export`` output): no export stack, no checkpoint needed."""
+        from .load import load_engines
+
+        return cls(load_engines(engine_dir, device, providers))
+
+    def _finish(self, x, output_type, return_dict, timings):
+        eng = self.engines
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(
+                f"the edit produced NaN/inf latents ({eng.backend}, {eng.dtype}); with fp16 try dtype=torch.float32 "
+                "or bfloat16, and check the checkpoint weights")
+        if output_type == "latent":
+            images = x.to(eng.dtype)
+        else:
+            with stage(timings, "vae_decode", eng.device), torch.inference_mode():
+                decoded = eng.vae_decode((x / eng.scaling_factor).to(eng.dtype))
+            if not torch.isfinite(decoded).all():
+                raise FloatingPointError(f"the VAE decoder produced NaN/inf pixels ({eng.backend}, {eng.dtype}); "
+                                         "the fp16 SD VAE overflows on some images: use dtype=torch.float32")
+            images = postprocess(decoded, output_type)
+        if not return_dict:
+            return images, None
+        return PipelineOutput(images=images, timings=timings)
