@@ -4,11 +4,13 @@ The runtime package imports neither ``rtcore.export`` nor ``rtcore.bench`` at im
 engines without the export stack.
 """
 
+from .generate import StableDiffusion
 from .manifest import EngineMismatch
 from .pipeline import CycleDiffusion, CycleDiffusionOutput, EncodedSource
 
 __version__ = "0.1.0"
-__all__ = ["CycleDiffusion", "CycleDiffusionOutput", "EncodedSource", "EngineMismatch", "__version__", "load"]
+__all__ = ["CycleDiffusion", "CycleDiffusionOutput", "EncodedSource", "EngineMismatch", "StableDiffusion",
+           "__version__", "load"]
 
 
 def load(engine_dir, device="cpu", providers=None):

@@ -1,4 +1,4 @@
-"""The ``rtcore`` command: ``rtcore edit`` and ``rtcore demo``."""
+"""The ``rtcore`` command: edit, generate, img2img, export, serve, bench, demo."""
 
 import argparse
 import sys
@@ -15,13 +15,7 @@ def _edit(args):
     from rtcore import CycleDiffusion
     from rtcore.images import load_image
 
-    out = Path(args.out)
-    if out.resolve() == Path(args.image).resolve():
-        raise ValueError("--out must not be the input image: rtcore never overwrites what it was given")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise ValueError(f"--out must end in .png, .jpg, .jpeg or .webp, got {out.name!r}")
+    out = _check_out(args.out, args.overwrite, inputs=(args.image,))
     image = load_image(args.image)
     start = time.perf_counter()
     pipe = CycleDiffusion.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
@@ -31,13 +25,48 @@ def _edit(args):
                       num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                       source_guidance_scale=args.source_guidance_scale, eta=args.eta,
                       generator=torch.Generator().manual_seed(args.seed), callback=lambda *_: bar.update())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial{out.suffix}")
-    result.images[0].save(tmp)
-    tmp.replace(out)  # written whole or not at all
+    _save(result.images[0], out)
     if not args.quiet:
         stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in result.timings.items())
         print(f"wrote {out} (load {load_s * 1e3:.0f} ms; {stages})")
+
+
+def _check_out(out, overwrite, inputs=()):
+    """Fails before any work if --out would overwrite an input, or an existing file without --overwrite."""
+    out = Path(out)
+    if any(out.resolve() == Path(p).resolve() for p in inputs):
+        raise ValueError("--out must not be the input image: rtcore never overwrites what it was given")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ValueError(f"--out must end in .png, .jpg, .jpeg or .webp, got {out.name!r}")
+    return out
+
+
+def _save(image, out):
+    """Writes the image whole or not at all (a temporary name, then a rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial{out.suffix}")
+    image.save(tmp)
+    tmp.replace(out)
+
+
+def _generate(args):
+    import torch
+
+    from rtcore import StableDiffusion
+    from rtcore.images import load_image
+
+    out = _check_out(args.out, args.overwrite, inputs=(args.image,) if args.command == "img2img" else ())
+    pipe = StableDiffusion.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+    common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
+                  negative_prompt=args.negative_prompt, generator=torch.Generator().manual_seed(args.seed))
+    if args.command == "img2img":
+        result = pipe.img2img(args.prompt, load_image(args.image), strength=args.strength, **common)
+    else:
+        result = pipe.text_to_image(args.prompt, height=args.height, width=args.width, **common)
+    _save(result.images[0], out)
+    print(f"wrote {out}")
 
 
 def _export(args):
@@ -114,6 +143,28 @@ def build_parser():
     srv.add_argument("--max-queue", type=int, default=8, help="edits waiting; beyond this: 429")
     srv.add_argument("--timeout", type=float, default=60.0, help="seconds per request; beyond this: 504")
     srv.set_defaults(run=_serve)
+
+    for name, helptext in (("generate", "text-to-image (DDIM)"), ("img2img", "SDEdit img2img (DDIM)")):
+        gen = sub.add_parser(name, help=helptext)
+        gen.add_argument("--model", required=True, help="checkpoint or engine directory")
+        gen.add_argument("--prompt", required=True)
+        gen.add_argument("--negative-prompt", default=None)
+        gen.add_argument("--out", required=True)
+        gen.add_argument("--overwrite", action="store_true")
+        gen.add_argument("--steps", type=int, default=50)
+        gen.add_argument("--guidance-scale", type=float, default=7.5)
+        gen.add_argument("--eta", type=float, default=0.0)
+        gen.add_argument("--seed", type=int, default=0)
+        gen.add_argument("--backend", default=None, choices=BACKENDS)
+        gen.add_argument("--device", default="cpu")
+        gen.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+        if name == "img2img":
+            gen.add_argument("--image", required=True)
+            gen.add_argument("--strength", type=float, default=0.8)
+        else:
+            gen.add_argument("--height", type=int, default=None)
+            gen.add_argument("--width", type=int, default=None)
+        gen.set_defaults(run=_generate)
 
     sub.add_parser("bench", help="benchmark rtcore backends against diffusers (see rtcore bench --help)")
     demo = sub.add_parser("demo", help="edit a drawn sample image with the tiny random checkpoint (offline)")

@@ -62,3 +62,18 @@ def test_demo(tmp_path):
         assert PIL.Image.open(tmp_path / name).size == (64, 64)
     for stage in ("vae_encode", "text_encode", "denoise", "vae_decode"):
         assert stage in result.stdout
+
+
+def test_generate_and_img2img(tiny_sd1, input_png, tmp_path):
+    out = tmp_path / "gen.png"
+    result = rtcore("generate", "--model", str(tiny_sd1), "--prompt", "a horse", "--out", str(out), "--steps", "3",
+                    "--height", "64", "--width", "48")
+    assert result.returncode == 0, result.stderr
+    assert PIL.Image.open(out).size == (48, 64)
+    out2 = tmp_path / "i2i.png"
+    result = rtcore("img2img", "--model", str(tiny_sd1), "--prompt", "an elephant", "--image", str(input_png),
+                    "--out", str(out2), "--steps", "4", "--strength", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert PIL.Image.open(out2).size == (64, 48)
+    result = rtcore("generate", "--model", str(tiny_sd1), "--prompt", "a", "--out", str(out), "--height", "50")
+    assert result.returncode == 2 and "--overwrite" in result.stderr

@@ -1,0 +1,144 @@
+"""Text-to-image and img2img (SDEdit) with DDIM on the same engines and CPU-resident step tables as CycleDiffusion.
+
+    sd = StableDiffusion.from_pretrained(path)          # or StableDiffusion(cycle_pipe.engines): shared engines
+    out = sd.text_to_image("An astronaut riding a horse", height=512, width=512, generator=...)
+    out = sd.img2img("An astronaut riding an elephant", image=photo, strength=0.75, generator=...)
+
+Both match diffusers' StableDiffusionPipeline / StableDiffusionImg2ImgPipeline with a DDIMScheduler for the same
+checkpoint and CPU seed. The random draws are made up front in diffusers' order. text-to-image draws the initial
+latents. img2img draws the VAE sample, then the forward noise. Both then draw one noise per step when η > 0
+(diffusers' DDIM step draws even on the last step). The per-step update is the target half of CycleDiffusion's:
+x' = μ(x, ε) + σ·n.
+"""
+
+import torch
+
+from .base import (
+    Pipeline,
+    batch_size,
+    broadcast,
+    check_generator,
+    check_number,
+    check_output_type,
+    check_positive_int,
+    stage,
+)
+from .cycle import step_mean
+from .images import preprocess
+from .prompts import as_prompt_list, encode_prompts
+from .schedule import step_table
+
+
+def _draws(generator, shape, count):
+    """``count`` standard normal tensors of ``shape`` (N, …), drawn in order on the CPU: one generator for the
+    whole batch, or one generator per item (each item then draws its own sequence)."""
+    if isinstance(generator, (list, tuple)):
+        per_item = [torch.stack([torch.randn((1, *shape[1:]), generator=g) for _ in range(count)]) for g in generator]
+        return list(torch.cat(per_item, dim=1))
+    return [torch.randn(shape, generator=generator) for _ in range(count)]
+
+
+def sample(unet, table, guidance_scale, x, context, dtype, step_noise, callback=None, callback_steps=1):
+    """The DDIM loop from x (N, C, h, w) float32; context rows are [uncond × N, cond × N] with guidance, else
+    [cond × N]. ``step_noise`` holds one tensor per step when η > 0, else it is empty."""
+    cfg = guidance_scale > 1.0
+    timesteps = torch.as_tensor(table.timesteps, device=x.device)
+    for i in range(len(table)):
+        rows = [x, x] if cfg else [x]
+        out = unet(torch.cat(rows).to(dtype), timesteps[i:i + 1], context).float().chunk(len(rows))
+        eps = out[0] + guidance_scale * (out[1] - out[0]) if cfg else out[0]
+        x = step_mean(table, i, x, eps)
+        if step_noise:
+            x = x + float(table.sigma[i]) * step_noise[i]
+        if callback is not None and i % callback_steps == 0:
+            callback(i, int(table.timesteps[i]), x)
+    return x
+
+
+class StableDiffusion(Pipeline):
+    def _context(self, prompts, negatives, guidance_scale):
+        embed = encode_prompts(self.engines, negatives + prompts)
+        rows = ([embed[p] for p in negatives] if guidance_scale > 1.0 else []) + [embed[p] for p in prompts]
+        return torch.stack(rows)
+
+    def _prompts(self, prompt, negative_prompt, n_images, num_images_per_prompt):
+        prompts = as_prompt_list(prompt, "prompt")
+        negatives = as_prompt_list("" if negative_prompt is None else negative_prompt, "negative_prompt")
+        batch = batch_size(prompt=prompts, negative_prompt=negatives, image=[None] * n_images)
+        check_positive_int(num_images_per_prompt, "num_images_per_prompt")
+        n = batch * num_images_per_prompt
+        return broadcast(prompts, n), broadcast(negatives, n), batch, n
+
+    def _run(self, x, table, prompts, negatives, guidance_scale, eta, step_noise, output_type, return_dict,
+             callback, callback_steps, timings):
+        eng = self.engines
+        with stage(timings, "text_encode", eng.device):
+            context = self._context(prompts, negatives, guidance_scale)
+        to_dev = dict(device=eng.device, dtype=torch.float32)
+        noise = [n.to(**to_dev) for n in step_noise] if eta > 0 else []
+        with stage(timings, "denoise", eng.device), torch.inference_mode():
+            x = sample(eng.unet, table, guidance_scale, x, context, eng.dtype, noise, callback, callback_steps)
+        return self._finish(x, output_type, return_dict, timings)
+
+    def _check_common(self, guidance_scale, output_type, callback_steps):
+        check_number(guidance_scale, "guidance_scale")
+        check_output_type(output_type)
+        check_positive_int(callback_steps, "callback_steps")
+
+    def text_to_image(self, prompt, height=None, width=None, num_inference_steps=50, guidance_scale=7.5,
+                      negative_prompt=None, num_images_per_prompt=1, eta=0.0, generator=None, output_type="pil",
+                      return_dict=True, callback=None, callback_steps=1):
+        """Generates images from noise (diffusers' StableDiffusionPipeline with DDIM)."""
+        eng = self.engines
+        self._check_common(guidance_scale, output_type, callback_steps)
+        f = eng.vae_scale_factor
+        default = eng.fixed_size or (512, 512)
+        height, width = height or default[0], width or default[1]
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < f or value % f:
+                raise ValueError(f"{name} must be a positive multiple of {f}, got {value!r}")
+        if eng.fixed_size is not None and (height, width) != tuple(eng.fixed_size):
+            raise ValueError(f"height/width: this {eng.backend} engine was built for {eng.fixed_size[1]}x"
+                             f"{eng.fixed_size[0]}; rebuild it with --height/--width")
+        prompts, negatives, _, n = self._prompts(prompt, negative_prompt, 1, num_images_per_prompt)
+        check_generator(generator, n)
+        table = step_table(eng.scheduler, num_inference_steps, 1.0, eta)
+        draws = _draws(generator, (n, eng.latent_channels, height // f, width // f),
+                       1 + (len(table) if eta > 0 else 0))
+        x = draws[0].to(eng.device)  # DDIM's initial noise sigma is 1
+        return self._run(x, table, prompts, negatives, guidance_scale, eta, draws[1:], output_type, return_dict,
+                         callback, callback_steps, {})
+
+    def img2img(self, prompt, image, strength=0.8, num_inference_steps=50, guidance_scale=7.5, negative_prompt=None,
+                num_images_per_prompt=1, eta=0.0, generator=None, output_type="pil", return_dict=True,
+                callback=None, callback_steps=1):
+        """SDEdit: noises the encoded image to strength·T and denoises it toward ``prompt``
+        (diffusers' StableDiffusionImg2ImgPipeline with DDIM)."""
+        eng = self.engines
+        self._check_common(guidance_scale, output_type, callback_steps)
+        pixels = preprocess(image, eng.vae_scale_factor)
+        if eng.fixed_size is not None and tuple(pixels.shape[2:]) != tuple(eng.fixed_size):
+            raise ValueError(f"image: this {eng.backend} engine was built for {eng.fixed_size[1]}x"
+                             f"{eng.fixed_size[0]} images; resize the image or rebuild the engine")
+        prompts, negatives, _, n = self._prompts(prompt, negative_prompt, pixels.shape[0], num_images_per_prompt)
+        check_generator(generator, n)
+        table = step_table(eng.scheduler, num_inference_steps, strength, eta)
+        f, n_images = eng.vae_scale_factor, pixels.shape[0]
+        shape = (eng.latent_channels, pixels.shape[2] // f, pixels.shape[3] // f)
+        if isinstance(generator, (list, tuple)):
+            draws = _draws(generator, (n, *shape), 2 + (len(table) if eta > 0 else 0))
+            vae_sample, forward_noise, step_noise = draws[0], draws[1], draws[2:]
+        else:
+            vae_sample = torch.randn((n_images, *shape), generator=generator).repeat_interleave(n // n_images, 0)
+            rest = _draws(generator, (n, *shape), 1 + (len(table) if eta > 0 else 0))
+            forward_noise, step_noise = rest[0], rest[1:]
+        timings = {}
+        with stage(timings, "vae_encode", eng.device), torch.inference_mode():
+            mean, std = eng.vae_encode(pixels.to(eng.device, eng.dtype))
+        to_dev = dict(device=eng.device, dtype=torch.float32)
+        mean = mean.float().repeat_interleave(n // n_images, dim=0)
+        std = std.float().repeat_interleave(n // n_images, dim=0)
+        x0 = eng.scaling_factor * (mean + std * vae_sample.to(**to_dev))
+        x = table.a_start * x0 + table.b_start * forward_noise.to(**to_dev)
+        return self._run(x, table, prompts, negatives, guidance_scale, eta, step_noise, output_type, return_dict,
+                         callback, callback_steps, timings)
