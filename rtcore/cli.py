@@ -64,7 +64,8 @@ def _generate(args):
     if args.command == "img2img":
         result = pipe.img2img(args.prompt, load_image(args.image), strength=args.strength, **common)
     else:
-        result = pipe.text_to_image(args.prompt, height=args.height, width=args.width, **common)
+        result = pipe.text_to_image(args.prompt, height=args.height, width=args.width, scheduler=args.scheduler,
+                                    **common)
     _save(result.images[0], out)
     print(f"wrote {out}")
 
@@ -162,6 +163,7 @@ def build_parser():
             gen.add_argument("--image", required=True)
             gen.add_argument("--strength", type=float, default=0.8)
         else:
+            gen.add_argument("--scheduler", default="ddim", choices=["ddim", "dpm++2m"])
             gen.add_argument("--height", type=int, default=None)
             gen.add_argument("--width", type=int, default=None)
         gen.set_defaults(run=_generate)

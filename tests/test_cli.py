@@ -67,6 +67,7 @@ def test_demo(tmp_path):
 def test_generate_and_img2img(tiny_sd1, input_png, tmp_path):
     out = tmp_path / "gen.png"
     result = rtcore("generate", "--model", str(tiny_sd1), "--prompt", "a horse", "--out", str(out), "--steps", "3",
+                    "--scheduler", "dpm++2m",
                     "--height", "64", "--width", "48")
     assert result.returncode == 0, result.stderr
     assert PIL.Image.open(out).size == (48, 64)

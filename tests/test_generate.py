@@ -89,3 +89,27 @@ def test_img2img_batch_items_equal_items_alone(sd):
 def test_bad_arguments(sd, call, name):
     with pytest.raises(ValueError, match=name):
         call(sd)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+@pytest.mark.parametrize("steps", [1, 2, 7, 20])
+def test_dpm_solver_matches_diffusers(sd, oracles, tiny_sd1, spacing, steps):
+    import dataclasses
+
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from rtcore.generate import StableDiffusion as SD
+
+    engines = dataclasses.replace(sd.engines, scheduler=dataclasses.replace(sd.engines.scheduler,
+                                                                            timestep_spacing=spacing))
+    config = dict(oracles[0].scheduler.config, timestep_spacing=spacing)
+    ref_pipe = StableDiffusionPipeline(**dict(oracles[0].components,
+                                              scheduler=DPMSolverMultistepScheduler.from_config(config)))
+    ref_pipe.set_progress_bar_config(disable=True)
+    args = dict(prompt="An astronaut riding a horse", height=64, width=64, num_inference_steps=steps,
+                guidance_scale=5.0, output_type="np")
+    ours = SD(engines).text_to_image(generator=_gens(0), scheduler="dpm++2m", **args).images
+    ref = ref_pipe(generator=_gens(0), **args).images
+    err = np.abs(ours - ref).max()
+    print(f"dpm++2m ({spacing}, {steps} steps) vs diffusers: {err:.2e}")
+    assert err <= 1e-3 and np.isfinite(ours).all()
