@@ -163,6 +163,9 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
                             "inputs": list(contract.inputs), "outputs": list(contract.outputs),
                             "profile": contract.profile}
         shutil.copytree(root / "tokenizer", tmp / "tokenizer")
+        for optional in ("safety_checker", "feature_extractor"):  # used only when a pipeline asks for the checker
+            if (root / optional).is_dir():
+                shutil.copytree(root / optional, tmp / optional)
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(ckpt.scheduler_config, indent=2))
         manifest = {

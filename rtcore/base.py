@@ -88,12 +88,14 @@ def stage(timings, name, device):
 
 
 class Pipeline:
-    def __init__(self, engines: Engines):
+    def __init__(self, engines: Engines, safety=None):
         self.engines = engines
+        self.safety = safety  # an rtcore.safety.Safety, or None (off, the default)
+        self.source_path = None  # the checkpoint folder or engine directory this pipeline came from
 
     @classmethod
     def from_pretrained(cls, path, backend=None, device="cpu", dtype=None, kernels=False, int8=False, height=None,
-                        width=None, batch=1):
+                        width=None, batch=1, safety_checker=False):
         """A pipeline from a checkpoint (folder or hub id) or from an engine directory.
 
         Checkpoint: ``backend`` "eager" (default) runs the reference models; "onnx", "compile" or "tensorrt"
@@ -102,7 +104,17 @@ class Pipeline:
         int8 GEMMs where the size policy says (eager and compile backends; Triton and a CUDA device needed).
         ``height``/``width``/``batch`` set the shape profile of built engines (default: the UNet's sample size).
         Engine directory (has a manifest.json): its backend and dtype are used; passing others is an error.
+        ``safety_checker=True`` runs the checkpoint's StableDiffusionSafetyChecker on every decoded image.
         """
+        pipe = cls._from_pretrained(path, backend, device, dtype, kernels, int8, height, width, batch)
+        if safety_checker:
+            from .safety import Safety
+
+            pipe.safety = Safety(pipe.source_path, pipe.engines.device, pipe.engines.dtype)
+        return pipe
+
+    @classmethod
+    def _from_pretrained(cls, path, backend, device, dtype, kernels, int8, height, width, batch):
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         device = resolve_device(device)
@@ -129,17 +141,22 @@ class Pipeline:
 
             for model in (checkpoint.unet, checkpoint.vae):
                 patch(model, group_norm=kernels, attention=kernels, int8=int8)
-        return cls(eager_engines(checkpoint, device, dtype))
+        pipe = cls(eager_engines(checkpoint, device, dtype))
+        pipe.source_path = checkpoint.path
+        return pipe
 
     @classmethod
     def load(cls, engine_dir, device="cpu", providers=None):
         """A pipeline on an engine directory (``rtcore export`` output): no export stack, no checkpoint needed."""
         from .load import load_engines
 
-        return cls(load_engines(engine_dir, device, providers))
+        pipe = cls(load_engines(engine_dir, device, providers))
+        pipe.source_path = Path(engine_dir)  # engine directories carry the checkpoint's safety checker, if any
+        return pipe
 
     def _finish(self, x, output_type, return_dict, timings):
         eng = self.engines
+        nsfw = None
         if not torch.isfinite(x).all():
             raise FloatingPointError(
                 f"the edit produced NaN/inf latents ({eng.backend}, {eng.dtype}); with fp16 try dtype=torch.float32 "
@@ -152,7 +169,9 @@ class Pipeline:
             if not torch.isfinite(decoded).all():
                 raise FloatingPointError(f"the VAE decoder produced NaN/inf pixels ({eng.backend}, {eng.dtype}); "
                                          "the fp16 SD VAE overflows on some images: use dtype=torch.float32")
+            if self.safety is not None:
+                decoded, nsfw = self.safety(decoded)
             images = postprocess(decoded, output_type)
         if not return_dict:
-            return images, None
-        return PipelineOutput(images=images, timings=timings)
+            return images, nsfw
+        return PipelineOutput(images=images, nsfw_content_detected=nsfw, timings=timings)
