@@ -182,3 +182,27 @@ def make_tiny_checkpoint(path, kind="sd1", seed=0):
     if kind not in ("sd1", "sd2"):
         raise ValueError(f"kind must be 'sd1' or 'sd2', got {kind!r}")
     return make_random_checkpoint(path, "tiny" if kind == "sd1" else "tiny-sd2", seed)
+
+
+TINY_DDPM_UNET = dict(sample_size=32, block_out_channels=[16, 32, 32], layers_per_block=1, attention_head_dim=8,
+                      norm_num_groups=8, down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+                      up_block_types=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"])
+DDPM_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001,
+                  "beta_end": 0.02, "beta_schedule": "linear", "clip_sample": True, "variance_type": "fixed_small"}
+
+
+def make_tiny_ddpm(path, seed=0):
+    """A tiny random pixel-space DDPM (diffusers' DDPMPipeline layout: unet/ with a UNet2DModel, scheduler/)."""
+    from .unet2d import UNet2DConfig, UNet2DModel
+
+    root = Path(path)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not empty; choose a new folder")
+    torch.manual_seed(seed)
+    config = dict(TINY_DDPM_UNET, _class_name="UNet2DModel")
+    _save_model(root / "unet", UNet2DModel(UNet2DConfig.from_dict(config)), config)
+    _write_json(root / "scheduler" / "scheduler_config.json", DDPM_SCHEDULER)
+    _write_json(root / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
+                                            "unet": ["diffusers", "UNet2DModel"],
+                                            "scheduler": ["diffusers", "DDPMScheduler"]})
+    return root

@@ -86,13 +86,18 @@ class DecoderBlock(nn.Module):
 
 
 class VAEMidBlock(nn.Module):
-    def __init__(self, ch, groups):
-        super().__init__()
-        self.attentions = nn.ModuleList([Attention(ch, 1, ch, bias=True, norm_groups=groups, norm_eps=1e-6)])
-        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, None, groups, 1e-6) for _ in range(2)])
+    """ResNet → self-attention (with its own GroupNorm and residual) → ResNet: diffusers' UNetMidBlock2D. The VAE
+    uses one head over all channels and no timestep; pixel-space DDPM UNets pass temb_ch and head_dim."""
 
-    def forward(self, x):
-        return self.resnets[1](self.attentions[0](self.resnets[0](x)))
+    def __init__(self, ch, groups, temb_ch=None, eps=1e-6, head_dim=None):
+        super().__init__()
+        head_dim = head_dim or ch
+        self.attentions = nn.ModuleList([Attention(ch, ch // head_dim, head_dim, bias=True, norm_groups=groups,
+                                                   norm_eps=eps)])
+        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb_ch, groups, eps) for _ in range(2)])
+
+    def forward(self, x, temb=None):
+        return self.resnets[1](self.attentions[0](self.resnets[0](x, temb)), temb)
 
 
 class Encoder(nn.Module):

@@ -70,6 +70,30 @@ def _generate(args):
     print(f"wrote {out}")
 
 
+def _translate(args):
+    import torch
+
+    from rtcore import CycleDiffusion
+    from rtcore.images import load_image
+    from rtcore.translate import PixelCycleDiffusion, is_pixel_model, translate
+
+    out = _check_out(args.out, args.overwrite, inputs=(args.image,))
+    image = load_image(args.image)
+    generator = torch.Generator().manual_seed(args.seed)
+    if is_pixel_model(args.source_model):
+        pipe = PixelCycleDiffusion.from_pretrained(args.source_model, args.target_model, device=args.device)
+        result = pipe(image, strength=args.strength, num_inference_steps=args.steps, eta=args.eta,
+                      generator=generator)[0]
+    else:
+        source = CycleDiffusion.from_pretrained(args.source_model, device=args.device)
+        target = CycleDiffusion.from_pretrained(args.target_model, device=args.device)
+        result = translate(source, target, image, args.source_prompt, args.prompt, strength=args.strength,
+                           num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
+                           generator=generator).images[0]
+    _save(result, out)
+    print(f"wrote {out}")
+
+
 def _export(args):
     from rtcore.export.build import build
 
@@ -167,6 +191,22 @@ def build_parser():
             gen.add_argument("--height", type=int, default=None)
             gen.add_argument("--width", type=int, default=None)
         gen.set_defaults(run=_generate)
+
+    tr = sub.add_parser("translate", help="two-model CycleDiffusion: encode with one model, decode with another")
+    tr.add_argument("--source-model", required=True, help="pixel DDPM folder, or SD checkpoint")
+    tr.add_argument("--target-model", required=True, help="a model sharing the source's noise schedule (and VAE)")
+    tr.add_argument("--image", required=True)
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--overwrite", action="store_true")
+    tr.add_argument("--source-prompt", default="", help="latent models only")
+    tr.add_argument("--prompt", default="", help="latent models only")
+    tr.add_argument("--strength", type=float, default=0.8)
+    tr.add_argument("--steps", type=int, default=100)
+    tr.add_argument("--guidance-scale", type=float, default=1.0, help="latent models only")
+    tr.add_argument("--eta", type=float, default=0.1)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="cpu")
+    tr.set_defaults(run=_translate)
 
     sub.add_parser("bench", help="benchmark rtcore backends against diffusers (see rtcore bench --help)")
     demo = sub.add_parser("demo", help="edit a drawn sample image with the tiny random checkpoint (offline)")
