@@ -42,7 +42,7 @@ def chart(report, path):
     import matplotlib.pyplot as plt
 
     names = list(report["results"])
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(names)))
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(names)))
     left = [0.0] * len(names)
     for stage in STAGE_ORDER:
         values = [report["results"][n]["stages_ms"][stage] for n in names]
@@ -52,7 +52,7 @@ def chart(report, path):
     ax.set_xlabel("ms per edit (median)")
     ax.set_title(f"{s['preset']} {s['size']}×{s['size']}, {s['dtype']}, {report['header']['device_name']}")
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # outside the bars
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
