@@ -84,6 +84,12 @@ class UNetConfig:
         return self.per_block(self.num_attention_heads or self.attention_head_dim)
 
 
+def _transformers(cfg, ch, heads, transformer_layers, count):
+    return nn.ModuleList(
+        [Transformer2DModel(heads, ch // heads, ch, transformer_layers, cfg.cross_attention_dim, cfg.norm_num_groups,
+                            cfg.use_linear_projection, cfg.upcast_attention) for _ in range(count)])
+
+
 class DownBlock(nn.Module):
     def __init__(self, in_ch, out_ch, temb_ch, num_layers, cfg, heads=None, transformer_layers=1, downsample=True):
         super().__init__()
@@ -91,14 +97,7 @@ class DownBlock(nn.Module):
             [ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_ch, cfg.norm_num_groups, cfg.norm_eps)
              for i in range(num_layers)]
         )
-        if heads is not None:
-            self.attentions = nn.ModuleList(
-                [Transformer2DModel(heads, out_ch // heads, out_ch, transformer_layers, cfg.cross_attention_dim,
-                                    cfg.norm_num_groups, cfg.use_linear_projection, cfg.upcast_attention)
-                 for _ in range(num_layers)]
-            )
-        else:
-            self.attentions = None
+        self.attentions = _transformers(cfg, out_ch, heads, transformer_layers, num_layers) if heads else None
         self.downsamplers = nn.ModuleList([Downsample2D(out_ch, cfg.downsample_padding)]) if downsample else None
 
     def forward(self, x, temb, context):
@@ -124,14 +123,7 @@ class UpBlock(nn.Module):
             resnet_in = prev_out_ch if i == 0 else out_ch
             resnets.append(ResnetBlock2D(resnet_in + skip_ch, out_ch, temb_ch, cfg.norm_num_groups, cfg.norm_eps))
         self.resnets = nn.ModuleList(resnets)
-        if heads is not None:
-            self.attentions = nn.ModuleList(
-                [Transformer2DModel(heads, out_ch // heads, out_ch, transformer_layers, cfg.cross_attention_dim,
-                                    cfg.norm_num_groups, cfg.use_linear_projection, cfg.upcast_attention)
-                 for _ in range(num_layers)]
-            )
-        else:
-            self.attentions = None
+        self.attentions = _transformers(cfg, out_ch, heads, transformer_layers, num_layers) if heads else None
         self.upsamplers = nn.ModuleList([Upsample2D(out_ch)]) if upsample else None
 
     def forward(self, x, temb, context, skips, upsample_size=None):
@@ -147,10 +139,7 @@ class UpBlock(nn.Module):
 class MidBlock(nn.Module):
     def __init__(self, ch, temb_ch, cfg, heads, transformer_layers):
         super().__init__()
-        self.attentions = nn.ModuleList(
-            [Transformer2DModel(heads, ch // heads, ch, transformer_layers, cfg.cross_attention_dim,
-                                cfg.norm_num_groups, cfg.use_linear_projection, cfg.upcast_attention)]
-        )
+        self.attentions = _transformers(cfg, ch, heads, transformer_layers, 1)
         self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb_ch, cfg.norm_num_groups, cfg.norm_eps)
                                       for _ in range(2)])
 

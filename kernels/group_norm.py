@@ -34,6 +34,30 @@ def _chan_merge(count, mean, m2, n_b, mean_b, m2_b):
 
 
 @triton.jit
+def _channel_pixel(idx, g, C_PER_G, HW, CHANNELS_LAST: tl.constexpr):
+    """Element idx of group g → (channel, pixel). channels_last walks pixels outer and channels inner, so that
+    consecutive idx read consecutive addresses in both layouts."""
+    if CHANNELS_LAST:
+        return g * C_PER_G + idx % C_PER_G, idx // C_PER_G
+    return g * C_PER_G + idx // HW, idx % HW
+
+
+@triton.jit
+def _affine_act_store(y, y_ptr, offs, res_ptr, w_ptr, b_ptr, n, ch, p, mask, rstride_n, rstride_c, rstride_p,
+                      HAS_AFFINE: tl.constexpr, APPLY_SILU: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """The epilogue shared by both apply paths: scale/shift, SiLU, residual add, store in the output dtype."""
+    if HAS_AFFINE:
+        y = y * tl.load(w_ptr + ch, mask=mask, other=1.0).to(tl.float32)
+        y = y + tl.load(b_ptr + ch, mask=mask, other=0.0).to(tl.float32)
+    if APPLY_SILU:
+        y = y * tl.sigmoid(y)
+    if HAS_RESIDUAL:
+        roffs = n.to(tl.int64) * rstride_n + ch.to(tl.int64) * rstride_c + p.to(tl.int64) * rstride_p
+        y = y + tl.load(res_ptr + roffs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _group_norm_stats_kernel(
     x_ptr,  # (N, C, H, W) input, any strides where H, W merge into one pixel axis
     mean_ptr,  # (N·G, CHUNKS) fp32 out: mean of each chunk
@@ -55,12 +79,7 @@ def _group_norm_stats_kernel(
     for off in range(start, end, BLOCK):
         idx = off + tl.arange(0, BLOCK)
         mask = idx < end
-        if CHANNELS_LAST:  # walk pixels outer, channels inner: contiguous reads
-            c = idx % C_PER_G
-            p = idx // C_PER_G
-        else:
-            c = idx // HW
-            p = idx % HW
+        c, p = _channel_pixel(idx, 0, C_PER_G, HW, CHANNELS_LAST)
         x = tl.load(base + c.to(tl.int64) * stride_c + p.to(tl.int64) * stride_p, mask=mask, other=0.0)
         x = x.to(tl.float32)
         n_b = tl.sum(mask.to(tl.float32), axis=0)
@@ -103,25 +122,11 @@ def _group_norm_apply_kernel(
 
     idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < group_elems
-    if CHANNELS_LAST:
-        c = idx % C_PER_G
-        p = idx // C_PER_G
-    else:
-        c = idx // HW
-        p = idx % HW
-    ch = g * C_PER_G + c
+    ch, p = _channel_pixel(idx, g, C_PER_G, HW, CHANNELS_LAST)
     offs = n.to(tl.int64) * stride_n + ch.to(tl.int64) * stride_c + p.to(tl.int64) * stride_p
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = (x - mean) * rstd
-    if HAS_AFFINE:
-        y = y * tl.load(w_ptr + ch, mask=mask, other=1.0).to(tl.float32)
-        y = y + tl.load(b_ptr + ch, mask=mask, other=0.0).to(tl.float32)
-    if APPLY_SILU:
-        y = y * tl.sigmoid(y)
-    if HAS_RESIDUAL:
-        roffs = n.to(tl.int64) * rstride_n + ch.to(tl.int64) * rstride_c + p.to(tl.int64) * rstride_p
-        y = y + tl.load(res_ptr + roffs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    _affine_act_store((x - mean) * rstd, y_ptr, offs, res_ptr, w_ptr, b_ptr, n, ch, p, mask,
+                      rstride_n, rstride_c, rstride_p, HAS_AFFINE, APPLY_SILU, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -142,27 +147,13 @@ def _group_norm_single_pass_kernel(
     group_elems = C_PER_G * HW
     idx = tl.arange(0, BLOCK)
     mask = idx < group_elems
-    if CHANNELS_LAST:
-        c = idx % C_PER_G
-        p = idx // C_PER_G
-    else:
-        c = idx // HW
-        p = idx % HW
-    ch = g * C_PER_G + c
+    ch, p = _channel_pixel(idx, g, C_PER_G, HW, CHANNELS_LAST)
     offs = n.to(tl.int64) * stride_n + ch.to(tl.int64) * stride_c + p.to(tl.int64) * stride_p
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=0) / group_elems
     d = tl.where(mask, x - mean, 0.0)
-    y = d * tl.rsqrt(tl.sum(d * d, axis=0) / group_elems + eps)
-    if HAS_AFFINE:
-        y = y * tl.load(w_ptr + ch, mask=mask, other=1.0).to(tl.float32)
-        y = y + tl.load(b_ptr + ch, mask=mask, other=0.0).to(tl.float32)
-    if APPLY_SILU:
-        y = y * tl.sigmoid(y)
-    if HAS_RESIDUAL:
-        roffs = n.to(tl.int64) * rstride_n + ch.to(tl.int64) * rstride_c + p.to(tl.int64) * rstride_p
-        y = y + tl.load(res_ptr + roffs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    _affine_act_store(d * tl.rsqrt(tl.sum(d * d, axis=0) / group_elems + eps), y_ptr, offs, res_ptr, w_ptr, b_ptr,
+                      n, ch, p, mask, rstride_n, rstride_c, rstride_p, HAS_AFFINE, APPLY_SILU, HAS_RESIDUAL)
 
 
 def group_norm_ref(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False, residual=None):
