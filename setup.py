@@ -30,13 +30,14 @@ setup(
         # triton runs the kernel tests on the CPU under its interpreter; CUDA torch wheels bring their own triton
         "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "onnxruntime",
                  "matplotlib",
-                 "starlette", "uvicorn", "prometheus-client", "python-multipart"],
+                 "starlette", "uvicorn", "prometheus-client", "python-multipart", "ray[serve]"],
         "kernels": ["triton"],
         # later backends and services; onnxruntime-gpu provides the same module for GPU users: never install both
         "onnx": ["onnx", "onnxruntime"],
         "onnx-gpu": ["onnx", "onnxruntime-gpu"],
         "bench": ["pytest-benchmark", "matplotlib", "diffusers==0.42.1"],
         "serve": ["starlette", "uvicorn", "prometheus-client", "python-multipart"],
+        "ray": ["ray[serve]", "starlette", "python-multipart"],
     },
     entry_points={"console_scripts": ["rtcore=rtcore.cli:main"]},
 )

@@ -193,9 +193,20 @@ def create_app(pipe, max_concurrency=1, max_queue=8, timeout_s=60.0):
 
 
 def serve(model, host="127.0.0.1", port=8000, backend=None, device="cpu", dtype=None, max_concurrency=1,
-          max_queue=8, timeout_s=60.0):
-    """Loads ``model`` (checkpoint or engine directory) and serves it until interrupted."""
+          max_queue=8, timeout_s=60.0, ray=False, num_replicas=1):
+    """Loads ``model`` (checkpoint or engine directory) and serves it until interrupted; ``ray=True`` serves it
+    from ``num_replicas`` Ray Serve replicas instead (see rtcore.ray_serve)."""
     import uvicorn
+
+    if ray:
+        from ray import serve as ray_serve
+
+        from .ray_serve import app
+
+        ray_serve.start(http_options={"host": host, "port": port})
+        ray_serve.run(app(model, backend, device, dtype, num_replicas=num_replicas), route_prefix="/",
+                      blocking=True)
+        return
 
     from rtcore import CycleDiffusion
 
