@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from rtcore.embed import DEFAULT_EDIT, table_json, table_text
 from rtcore.engines import DTYPE_NAMES, resolve_device, resolve_dtype
 from rtcore.manifest import (
     BACKEND_DEPENDENCIES,
@@ -32,6 +33,7 @@ from rtcore.manifest import (
     validate,
     version_of,
 )
+from rtcore.schedule import DDIMConfig, step_table
 
 from . import compile_flags
 from .checkpoint import load_checkpoint, resolve
@@ -168,6 +170,9 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
                 shutil.copytree(root / optional, tmp / optional)
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(ckpt.scheduler_config, indent=2))
+        # the default edit's step table, for runners without the Python scheduler maths (cmake/rtcore-run)
+        table = step_table(DDIMConfig.from_dict(ckpt.scheduler_config), **DEFAULT_EDIT)
+        (tmp / "step_table.txt").write_text(table_text(table))
         manifest = {
             "format_version": FORMAT_VERSION,
             "backend": backend,
@@ -182,6 +187,7 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
                        "latent_channels": ckpt.vae.config.latent_channels},
             "versions": recorded_versions(),
             "device": device_info(device),
+            "step_table": table_json(table, DEFAULT_EDIT),
             "models": models,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -67,3 +67,13 @@ def image():
     from rtcore.demo import sample_image
 
     return sample_image(64, 64)
+
+
+@pytest.fixture(scope="session")
+def compile_dir(tiny_sd1, tmp_path_factory):
+    """A `compile` (AOTInductor) engine directory of the tiny checkpoint: about 1.5 min to build on 2 CPU cores,
+    so it is built once and shared (inductor's on-disk cache makes reruns faster)."""
+    from rtcore.export.build import build
+
+    return build(tiny_sd1, tmp_path_factory.mktemp("engines") / "tiny-compile", backend="compile", height=64,
+                 width=64)

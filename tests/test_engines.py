@@ -190,12 +190,11 @@ def test_cli_export_then_edit(tiny_sd1, tmp_path):
 
 
 @pytest.mark.slow
-def test_compile_backend_matches_eager(tiny_sd1, pipe, tmp_path):
-    """AOTInductor packages (about 1.5 min to build on 2 CPU cores; inductor's on-disk cache makes reruns faster)."""
+def test_compile_backend_matches_eager(compile_dir, pipe):
+    """AOTInductor packages, built once per session (the compile_dir fixture)."""
     from rtcore.demo import sample_image
-    from rtcore.export.build import build
 
-    engine_dir = build(tiny_sd1, tmp_path / "tiny-compile", backend="compile", height=64, width=64)
+    engine_dir = compile_dir
     assert sorted(p.name for p in engine_dir.glob("*/model.pt2")) == ["model.pt2"] * 4
     compiled = load(engine_dir)
     image = sample_image(64, 64)
@@ -208,3 +207,4 @@ def test_compile_backend_matches_eager(tiny_sd1, pipe, tmp_path):
         compiled(image=sample_image(64, 48), **ARGS)
     m = json.loads((engine_dir / "manifest.json").read_text())
     assert m["shapes"]["fixed_size"] and m["device"] == {"type": "cpu"}
+    assert len(m["step_table"]["rows"]) == 40 and (engine_dir / "step_table.txt").is_file()

@@ -1,0 +1,65 @@
+"""C++ embedding: build cmake/ against the torch wheel's libtorch and compare rtcore-run with the Python runtime."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtcore import load
+from rtcore.demo import sample_image
+from rtcore.embed import read_latents, table_text, write_request
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("cmake and a C++ compiler are needed to build the embedding")
+    import torch.utils
+
+    build = tmp_path_factory.mktemp("cmake-build")
+    source = Path(__file__).resolve().parent.parent / "cmake"
+    for cmd in (["cmake", "-S", str(source), "-B", str(build), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+                 "-DCMAKE_BUILD_TYPE=Release"],
+                ["cmake", "--build", str(build), "-j2"]):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return build / "rtcore-run"
+
+
+@pytest.mark.parametrize("steps,strength,eta", [(10, 0.8, 0.1), (6, 1.0, 0.0)])
+def test_cpp_runner_equals_the_python_runtime(runner, compile_dir, tmp_path, steps, strength, eta):
+    pipe = load(compile_dir)
+    image = sample_image(64, 64)
+    args = dict(num_inference_steps=steps, strength=strength, guidance_scale=7.5, eta=eta)
+    request = write_request(pipe, tmp_path / "request", image, "a horse", "an elephant",
+                            generator=torch.Generator().manual_seed(0), **args)
+    out = tmp_path / "latents.f32"
+    result = subprocess.run([str(runner), str(compile_dir), str(request), str(out)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    cpp = read_latents(out, (1, 4, 8, 8))
+    py = pipe(prompt="an elephant", source_prompt="a horse", image=image, generator=torch.Generator().manual_seed(0),
+              output_type="latent", **args).images
+    err = (cpp - py).abs().max().item()
+    print(f"rtcore-run vs Python: {err:.2e}")
+    assert err <= 1e-4
+
+
+def test_manifest_step_table_is_the_default_edit(compile_dir):
+    from rtcore.schedule import DDIMConfig, step_table
+
+    pipe = load(compile_dir)
+    default = step_table(pipe.engines.scheduler, 50, 0.8, 0.1)
+    assert (compile_dir / "step_table.txt").read_text() == table_text(default)
+    assert isinstance(pipe.engines.scheduler, DDIMConfig)
+
+
+def test_cpp_runner_reports_a_bad_request(runner, compile_dir, tmp_path):
+    (tmp_path / "meta.txt").write_text("not a header\n")
+    result = subprocess.run([str(runner), str(compile_dir), str(tmp_path), str(tmp_path / "o.f32")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "meta.txt" in result.stderr  # a message, not a crash
