@@ -123,8 +123,9 @@ def _check_options(backend, dtype, kernels, int8, device):
 
 
 def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None, batch=1, kernels=False,
-          int8=False, device="cpu", overwrite=False):
-    """Exports the four models of ``checkpoint`` into the engine directory ``out``; returns its path."""
+          int8=False, device="cpu", overwrite=False, checkpoint_fingerprint=None):
+    """Exports the four models of ``checkpoint`` into the engine directory ``out``; returns its path.
+    ``checkpoint_fingerprint``: when the caller has already hashed the checkpoint (the cache has)."""
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     _check_options(backend, dtype, kernels, int8, device)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -179,7 +180,7 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
             "dtype": DTYPE_NAMES[dtype],
             "kernels": bool(kernels),
             "int8": bool(int8),
-            "checkpoint": {"path": str(root), "fingerprint": fingerprint(root)},
+            "checkpoint": {"path": str(root), "fingerprint": checkpoint_fingerprint or fingerprint(root)},
             "shapes": {"height": height, "width": width, "batch": batch,
                        "fixed_size": backend != "onnx"},  # ONNX engines take any size; the others are built for one
             "config": {"scaling_factor": ckpt.vae.config.scaling_factor,
@@ -197,9 +198,9 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
         raise
 
 
-def cache_key(root, backend, dtype, height, width, batch, kernels, int8, device):
+def cache_key(checkpoint_fingerprint, backend, dtype, height, width, batch, kernels, int8, device):
     deps = {d: version_of(d) for d in BACKEND_DEPENDENCIES[backend]}
-    key = dict(format=FORMAT_VERSION, fingerprint=fingerprint(root), backend=backend, dtype=str(dtype),
+    key = dict(format=FORMAT_VERSION, fingerprint=checkpoint_fingerprint, backend=backend, dtype=str(dtype),
                height=height, width=width, batch=batch, kernels=kernels, int8=int8, deps=deps,
                device=device_info(device) if DEVICE_BOUND[backend] else None)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -210,7 +211,8 @@ def cached_build(checkpoint, backend="onnx", dtype="fp32", height=None, width=No
     """The engine directory for these settings from the cache, built once (a stale or corrupt entry is rebuilt)."""
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     root = resolve(checkpoint)
-    key = cache_key(root, backend, dtype, height, width, batch, kernels, int8, device)
+    digest = fingerprint(root)  # hashed once here, reused by build: SD weights are several GB
+    key = cache_key(digest, backend, dtype, height, width, batch, kernels, int8, device)
     path = cache_root() / f"{root.name}-{backend}-{key}"
     if path.exists():
         try:
@@ -218,4 +220,5 @@ def cached_build(checkpoint, backend="onnx", dtype="fp32", height=None, width=No
             return path
         except (EngineMismatch, FileNotFoundError):
             pass  # a miss: rebuilt below
-    return build(root, path, backend, dtype, height, width, batch, kernels, int8, device, overwrite=True)
+    return build(root, path, backend, dtype, height, width, batch, kernels, int8, device, overwrite=True,
+                 checkpoint_fingerprint=digest)

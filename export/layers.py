@@ -40,6 +40,16 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
+def embed_timestep(time_embedding, timestep, sample, cfg):
+    """Scalar or (B,) timesteps → the (B, temb) embedding of a UNet whose config has block_out_channels,
+    flip_sin_to_cos and freq_shift (diffusers' UNet2DConditionModel and UNet2DModel compute it alike)."""
+    if not torch.is_tensor(timestep):
+        timestep = torch.tensor([timestep], device=sample.device)
+    timestep = timestep.reshape(-1).expand(sample.shape[0])
+    t_emb = timestep_embedding(timestep, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+    return time_embedding(t_emb.to(sample.dtype))
+
+
 class ResnetBlock2D(nn.Module):
     """GroupNorm → SiLU → conv, plus the (optional) timestep projection, and a 1×1 shortcut when channels change."""
 

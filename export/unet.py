@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from .layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Transformer2DModel, Upsample2D, timestep_embedding
+from .layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Transformer2DModel, Upsample2D, embed_timestep
 
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
@@ -190,12 +190,7 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
     def forward(self, sample, timestep, encoder_hidden_states):
-        if not torch.is_tensor(timestep):
-            timestep = torch.tensor([timestep], device=sample.device)
-        timestep = timestep.reshape(-1).expand(sample.shape[0])
-        t_emb = timestep_embedding(timestep, self.config.block_out_channels[0], self.config.flip_sin_to_cos,
-                                   self.config.freq_shift)
-        temb = self.time_embedding(t_emb.to(sample.dtype))
+        temb = embed_timestep(self.time_embedding, timestep, sample, self.config)
 
         x = self.conv_in(sample)
         skips = [x]

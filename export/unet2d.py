@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from .layers import Attention, Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, timestep_embedding
+from .layers import Attention, Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, embed_timestep
 from .vae import VAEMidBlock
 
 DOWN, ATTN_DOWN, UP, ATTN_UP = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
@@ -115,12 +115,7 @@ class UNet2DModel(nn.Module):
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
     def forward(self, sample, timestep):
-        if not torch.is_tensor(timestep):
-            timestep = torch.tensor([timestep], device=sample.device)
-        timestep = timestep.reshape(-1).expand(sample.shape[0])
-        t_emb = timestep_embedding(timestep, self.config.block_out_channels[0], self.config.flip_sin_to_cos,
-                                   self.config.freq_shift)
-        temb = self.time_embedding(t_emb.to(sample.dtype))
+        temb = embed_timestep(self.time_embedding, timestep, sample, self.config)
         x = self.conv_in(sample)
         skips = [x]
         for block in self.down_blocks:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .cycle import draw_noise
 from .engines import BACKENDS, Engines, eager_engines, resolve_device, resolve_dtype
 from .images import postprocess
 from .manifest import MANIFEST, read_manifest
@@ -132,7 +133,7 @@ class Pipeline:
             from rtcore.export.build import cached_build  # the export stack only when a checkpoint is built
 
             engine_dir = cached_build(path, backend, dtype, height, width, batch, kernels, int8, device)
-            return cls.load(engine_dir, device)
+            return cls.load(engine_dir, device, check_hashes=False)  # cached_build has just validated it
         from rtcore.export import load_checkpoint
 
         checkpoint = load_checkpoint(path)
@@ -146,13 +147,32 @@ class Pipeline:
         return pipe
 
     @classmethod
-    def load(cls, engine_dir, device="cpu", providers=None):
-        """A pipeline on an engine directory (``rtcore export`` output): no export stack, no checkpoint needed."""
+    def load(cls, engine_dir, device="cpu", providers=None, check_hashes=True):
+        """A pipeline on an engine directory (``rtcore export`` output): no export stack, no checkpoint needed.
+        The manifest is always checked; ``check_hashes=False`` skips re-hashing artifacts a caller just checked."""
         from .load import load_engines
 
-        pipe = cls(load_engines(engine_dir, device, providers))
+        pipe = cls(load_engines(engine_dir, device, providers, check_hashes))
         pipe.source_path = Path(engine_dir)  # engine directories carry the checkpoint's safety checker, if any
         return pipe
+
+    def _noised_latents(self, pixels, n, generator, table, num_step_draws, timings):
+        """Encodes the images and noises them to the table's first timestep, with all draws made up front in
+        diffusers' order (rtcore.cycle.draw_noise). Returns float32 device tensors x0, z (N, C, h, w) and the
+        step noise (num_step_draws, N, C, h, w); item j of N comes from image j // (N / images)."""
+        eng = self.engines
+        n_images, f = pixels.shape[0], eng.vae_scale_factor
+        latent_shape = (eng.latent_channels, pixels.shape[2] // f, pixels.shape[3] // f)
+        vae_sample, forward_noise, step_noise = draw_noise(generator, n_images, n // n_images, latent_shape,
+                                                           num_step_draws)
+        with stage(timings, "vae_encode", eng.device), torch.inference_mode():
+            mean, std = eng.vae_encode(pixels.to(eng.device, eng.dtype))
+        to_dev = dict(device=eng.device, dtype=torch.float32)
+        mean = mean.float().repeat_interleave(n // n_images, dim=0)
+        std = std.float().repeat_interleave(n // n_images, dim=0)
+        x0 = eng.scaling_factor * (mean + std * vae_sample.to(**to_dev))
+        z = table.a_start * x0 + table.b_start * forward_noise.to(**to_dev)
+        return x0, z, step_noise.to(**to_dev)
 
     def _finish(self, x, output_type, return_dict, timings):
         eng = self.engines

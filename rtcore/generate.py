@@ -72,16 +72,20 @@ class StableDiffusion(Pipeline):
         n = batch * num_images_per_prompt
         return broadcast(prompts, n), broadcast(negatives, n), batch, n
 
-    def _run(self, x, table, prompts, negatives, guidance_scale, eta, step_noise, output_type, return_dict,
-             callback, callback_steps, timings):
+    def _run(self, prompts, negatives, guidance_scale, loop, output_type, return_dict, timings):
+        """Text encoding, then ``loop(context)`` → final latents, then decoding; each stage timed."""
         eng = self.engines
         with stage(timings, "text_encode", eng.device):
             context = self._context(prompts, negatives, guidance_scale)
-        to_dev = dict(device=eng.device, dtype=torch.float32)
-        noise = [n.to(**to_dev) for n in step_noise] if eta > 0 else []
         with stage(timings, "denoise", eng.device), torch.inference_mode():
-            x = sample(eng.unet, table, guidance_scale, x, context, eng.dtype, noise, callback, callback_steps)
+            x = loop(context)
         return self._finish(x, output_type, return_dict, timings)
+
+    def _ddim(self, table, guidance_scale, x, step_noise, callback, callback_steps):
+        eng = self.engines
+        noise = [n.to(device=eng.device, dtype=torch.float32) for n in step_noise]
+        return lambda context: sample(eng.unet, table, guidance_scale, x, context, eng.dtype, noise, callback,
+                                      callback_steps)
 
     def _check_common(self, guidance_scale, output_type, callback_steps):
         check_number(guidance_scale, "guidance_scale")
@@ -108,21 +112,19 @@ class StableDiffusion(Pipeline):
                              f"{eng.fixed_size[0]}; rebuild it with --height/--width")
         prompts, negatives, _, n = self._prompts(prompt, negative_prompt, 1, num_images_per_prompt)
         check_generator(generator, n)
+        shape = (n, eng.latent_channels, height // f, width // f)
         if scheduler == "dpm++2m":
             table = dpm_table(eng.scheduler, num_inference_steps)
-            x = _draws(generator, (n, eng.latent_channels, height // f, width // f), 1)[0].to(eng.device)
-            timings = {}
-            with stage(timings, "text_encode", eng.device):
-                context = self._context(prompts, negatives, guidance_scale)
-            with stage(timings, "denoise", eng.device), torch.inference_mode():
-                x = dpm_sample(eng.unet, table, guidance_scale, x, context, eng.dtype, callback, callback_steps)
-            return self._finish(x, output_type, return_dict, timings)
-        table = step_table(eng.scheduler, num_inference_steps, 1.0, eta)
-        draws = _draws(generator, (n, eng.latent_channels, height // f, width // f),
-                       1 + (len(table) if eta > 0 else 0))
-        x = draws[0].to(eng.device)  # DDIM's initial noise sigma is 1
-        return self._run(x, table, prompts, negatives, guidance_scale, eta, draws[1:], output_type, return_dict,
-                         callback, callback_steps, {})
+            x = _draws(generator, shape, 1)[0].to(eng.device)
+
+            def loop(context):
+                return dpm_sample(eng.unet, table, guidance_scale, x, context, eng.dtype, callback, callback_steps)
+        else:
+            table = step_table(eng.scheduler, num_inference_steps, 1.0, eta)
+            draws = _draws(generator, shape, 1 + (len(table) if eta > 0 else 0))
+            x = draws[0].to(eng.device)  # DDIM's initial noise sigma is 1
+            loop = self._ddim(table, guidance_scale, x, draws[1:], callback, callback_steps)
+        return self._run(prompts, negatives, guidance_scale, loop, output_type, return_dict, {})
 
     def img2img(self, prompt, image, strength=0.8, num_inference_steps=50, guidance_scale=7.5, negative_prompt=None,
                 num_images_per_prompt=1, eta=0.0, generator=None, output_type="pil", return_dict=True,
@@ -138,22 +140,8 @@ class StableDiffusion(Pipeline):
         prompts, negatives, _, n = self._prompts(prompt, negative_prompt, pixels.shape[0], num_images_per_prompt)
         check_generator(generator, n)
         table = step_table(eng.scheduler, num_inference_steps, strength, eta)
-        f, n_images = eng.vae_scale_factor, pixels.shape[0]
-        shape = (eng.latent_channels, pixels.shape[2] // f, pixels.shape[3] // f)
-        if isinstance(generator, (list, tuple)):
-            draws = _draws(generator, (n, *shape), 2 + (len(table) if eta > 0 else 0))
-            vae_sample, forward_noise, step_noise = draws[0], draws[1], draws[2:]
-        else:
-            vae_sample = torch.randn((n_images, *shape), generator=generator).repeat_interleave(n // n_images, 0)
-            rest = _draws(generator, (n, *shape), 1 + (len(table) if eta > 0 else 0))
-            forward_noise, step_noise = rest[0], rest[1:]
         timings = {}
-        with stage(timings, "vae_encode", eng.device), torch.inference_mode():
-            mean, std = eng.vae_encode(pixels.to(eng.device, eng.dtype))
-        to_dev = dict(device=eng.device, dtype=torch.float32)
-        mean = mean.float().repeat_interleave(n // n_images, dim=0)
-        std = std.float().repeat_interleave(n // n_images, dim=0)
-        x0 = eng.scaling_factor * (mean + std * vae_sample.to(**to_dev))
-        x = table.a_start * x0 + table.b_start * forward_noise.to(**to_dev)
-        return self._run(x, table, prompts, negatives, guidance_scale, eta, step_noise, output_type, return_dict,
-                         callback, callback_steps, timings)
+        # diffusers' DDIM step draws on every step when η > 0 (the last one included)
+        _, x, step_noise = self._noised_latents(pixels, n, generator, table, len(table) if eta > 0 else 0, timings)
+        loop = self._ddim(table, guidance_scale, x, step_noise, callback, callback_steps)
+        return self._run(prompts, negatives, guidance_scale, loop, output_type, return_dict, timings)

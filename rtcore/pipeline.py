@@ -29,7 +29,7 @@ from .base import (
     check_positive_int,
     stage,
 )
-from .cycle import Guidance, denoise, draw_noise, noisy_steps
+from .cycle import Guidance, denoise, noisy_steps
 from .engines import Engines
 from .images import preprocess
 from .prompts import as_prompt_list, encode_prompts
@@ -90,21 +90,10 @@ class CycleDiffusion(Pipeline):
                              f"images, got {pixels.shape[3]}x{pixels.shape[2]}; resize the image or rebuild the "
                              "engine with --height/--width")
         table = step_table(eng.scheduler, num_inference_steps, strength, eta)
-        n_images = pixels.shape[0]
         n = batch * num_images_per_prompt
         check_generator(generator, n)
-        f = eng.vae_scale_factor
-        latent_shape = (eng.latent_channels, pixels.shape[2] // f, pixels.shape[3] // f)
-        vae_sample, forward_noise, step_noise = draw_noise(generator, n_images, n // n_images, latent_shape,
-                                                           len(noisy_steps(table)))
-        with stage(timings, "vae_encode", eng.device), torch.inference_mode():
-            mean, std = eng.vae_encode(pixels.to(eng.device, eng.dtype))
-        to_dev = dict(device=eng.device, dtype=torch.float32)
-        mean = mean.float().repeat_interleave(n // n_images, dim=0)
-        std = std.float().repeat_interleave(n // n_images, dim=0)
-        x0 = eng.scaling_factor * (mean + std * vae_sample.to(**to_dev))
-        z = table.a_start * x0 + table.b_start * forward_noise.to(**to_dev)
-        return table, x0, z, step_noise.to(**to_dev), broadcast(sources, n)
+        x0, z, step_noise = self._noised_latents(pixels, n, generator, table, len(noisy_steps(table)), timings)
+        return table, x0, z, step_noise, broadcast(sources, n)
 
     def _context(self, guidance, source_items, target_items):
         """Text embeddings of every UNet row, in the row order of :func:`rtcore.cycle.denoise`."""
