@@ -70,3 +70,20 @@ def test_edit_with_kernels_matches_eager(tiny_sd1, pipe, image):
     err = np.abs(got - want).max()
     print(f"kernels vs eager: max abs pixel difference {err:.2e}")
     assert err <= 5e-3
+
+
+def test_fp16_edit_on_cpu(tiny_sd1, pipe, image):
+    """The gpu tier's fp16 checks, run on the CPU: eager fp16 and kernels fp16 (interpreted) against fp32. This
+    covers the half-precision plumbing (fp16 engines, fp32 loop state) that CUDA runs use. Each half-precision
+    run is measured against fp32, not against the other: their rounding differs, and on the tiny random model two
+    fp16 runs are further apart than either is from fp32."""
+    args = dict(prompt="An astronaut riding an elephant", source_prompt="An astronaut riding a horse", image=image,
+                num_inference_steps=4, strength=0.5, output_type="np")
+    fp32 = pipe(generator=torch.Generator().manual_seed(0), **args).images
+    for kernels in (False, True):
+        half = CycleDiffusion.from_pretrained(tiny_sd1, dtype="fp16", kernels=kernels)
+        assert half.engines.dtype == torch.float16
+        got = half(generator=torch.Generator().manual_seed(0), **args).images
+        err = np.abs(got - fp32).max()
+        print(f"fp16 (kernels={kernels}) vs fp32: max abs pixel difference {err:.2e}")
+        assert np.isfinite(got).all() and err <= 3e-2
