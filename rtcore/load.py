@@ -7,20 +7,33 @@ session really runs (``session.get_providers()``), not the ones that are merely 
 """
 
 import json
+import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .engines import Engines, resolve_device, resolve_dtype
 from .manifest import validate
 from .schedule import DDIMConfig
 
-_ORT_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+# ONNX element types for IOBinding; numpy has no bfloat16, so every type is given as its TensorProto number
+_ONNX_TYPES = {torch.float32: 1, torch.int64: 7, torch.float16: 10, torch.bfloat16: 16}
+_TORCH_TYPES = {"tensor(float)": torch.float32, "tensor(int64)": torch.int64, "tensor(float16)": torch.float16,
+                "tensor(bfloat16)": torch.bfloat16}
+
+
+def _to_torch(value):
+    """An output OrtValue → a torch tensor on the same device, without a copy. The public OrtValue speaks DLPack
+    from onnxruntime 1.26 on; older wrappers only through the C value they hold."""
+    return torch.from_dlpack(value if hasattr(value, "__dlpack__") else value._get_c_value())
 
 
 class OrtModel:
-    """One ONNX Runtime session behind the engine call signature (torch tensors in, torch tensors out)."""
+    """One ONNX Runtime session behind the engine call signature (torch tensors in, torch tensors out).
+
+    Inputs and outputs go through I/O binding on either device: ORT reads the torch tensors where they are and
+    its outputs come back as torch tensors through DLPack, with no numpy round trip and, on CUDA, no host copy.
+    """
 
     def __init__(self, path, inputs, outputs, device, providers=None, threads=None):
         import onnxruntime as ort
@@ -30,42 +43,57 @@ class OrtModel:
         # the runtime's CPU thread budget is torch's: a service that pins torch to N threads pins ORT too
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        self.device_id = 0
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValueError("device='cuda' with the onnx backend needs onnxruntime-gpu (not onnxruntime); "
+                                 f"available providers: {ort.get_available_providers()}")
+            self.device_id = device.index if device.index is not None else torch.cuda.current_device()
         if providers is None:
-            providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError("device='cuda' with the onnx backend needs onnxruntime-gpu (not onnxruntime); "
-                             f"available providers: {ort.get_available_providers()}")
+            providers = [("CUDAExecutionProvider", {"device_id": self.device_id})] if device.type == "cuda" \
+                else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.providers = self.session.get_providers()
+        if device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
+            # ORT falls back to the CPU with only a log line when the CUDA EP cannot load (e.g. a wheel built for
+            # another CUDA major version): refuse instead of binding device memory to a CPU session
+            raise ValueError(f"{path}: onnxruntime could not start CUDAExecutionProvider (the session runs "
+                             f"{self.providers}); install an onnxruntime-gpu built for this CUDA version")
         self.inputs, self.outputs, self.device = inputs, outputs, device
-        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
-
-    def _numpy(self, name, tensor):
-        want = np.float16 if self.input_types[name] == "tensor(float16)" else \
-            np.int64 if self.input_types[name] == "tensor(int64)" else np.float32
-        return tensor.detach().cpu().numpy().astype(want, copy=False)
+        self.input_dtypes = {i.name: _TORCH_TYPES[i.type] for i in self.session.get_inputs()}
 
     def __call__(self, *args):
+        binding = self.session.io_binding()
+        keep = []  # the bound tensors must outlive the run
+        for name, tensor in zip(self.inputs, args):
+            tensor = tensor.to(self.device, self.input_dtypes[name]).contiguous()
+            keep.append(tensor)
+            binding.bind_input(name, self.device.type, self.device_id, _ONNX_TYPES[tensor.dtype],
+                               tuple(tensor.shape), tensor.data_ptr())
+        for name in self.outputs:
+            binding.bind_output(name, self.device.type, self.device_id)
         if self.device.type == "cuda":
-            return self._run_bound(args)
-        results = self.session.run(list(self.outputs), {n: self._numpy(n, t) for n, t in zip(self.inputs, args)})
-        out = tuple(torch.from_numpy(r) for r in results)
+            torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
+        self.session.run_with_iobinding(binding)
+        out = tuple(_to_torch(v) for v in binding.get_outputs())
         return out[0] if len(out) == 1 else out
 
-    def _run_bound(self, args):
-        binding = self.session.io_binding()
-        keep = []
-        for name, tensor in zip(self.inputs, args):
-            tensor = tensor.contiguous()
-            keep.append(tensor)
-            binding.bind_input(name, "cuda", self.device.index or 0, _ORT_TYPES[tensor.dtype], tuple(tensor.shape),
-                               tensor.data_ptr())
-        for name in self.outputs:
-            binding.bind_output(name, "cuda", self.device.index or 0)
-        torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
-        self.session.run_with_iobinding(binding)
-        out = tuple(torch.from_dlpack(v.to_dlpack()) for v in binding.get_outputs())
-        return out[0] if len(out) == 1 else out
+
+def _load_aoti(path, device):
+    """An AOTInductor package. On CUDA its default thread-safe runner records and queries a CUDA event per call,
+    which a graph capture forbids, so it runs single-threaded, and a lock provides the thread safety instead."""
+    if device.type != "cuda":
+        package = torch._inductor.aoti_load_package(str(path))
+        return lambda *args: package(*args)
+    package = torch._inductor.aoti_load_package(str(path), run_single_threaded=True,
+                                                device_index=device.index if device.index is not None else -1)
+    lock = threading.Lock()
+
+    def run(*args):
+        with lock:
+            return package(*args)
+
+    return run
 
 
 def _load_model(backend, engine_dir, entry, device, providers):
@@ -74,8 +102,7 @@ def _load_model(backend, engine_dir, entry, device, providers):
     if backend == "onnx":
         return OrtModel(path, inputs, outputs, device, providers)
     if backend == "compile":
-        package = torch._inductor.aoti_load_package(str(path))
-        return lambda *args: package(*args)
+        return _load_aoti(path, device)
     from .tensorrt_engine import TensorRTModel, require_tensorrt
 
     require_tensorrt()
