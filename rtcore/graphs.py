@@ -4,8 +4,13 @@ launches the whole edit with one call and reads nothing back from the device.
 
 Static shapes only, as TensorRT's demo does: a new image size, batch or step table is a new capture, and the
 last MAX_GRAPHS captures are kept. The warm-up runs on a side stream before capture (cuDNN autotuning and the
-caching allocator must not run inside it). All graphs of a device share one memory pool. Each graph has a
-lock, so concurrent callers cannot interleave copies into its static inputs with a replay.
+caching allocator must not run inside it).
+
+Concurrency. All graphs of a device share one memory pool, and graphs that share a pool must never run at the
+same time, so one lock per device covers every capture and every replay on it (a replay only enqueues work: the
+lock is held for microseconds). PyTorch allows one capture underway per process, hence a process-wide capture
+lock; captures use ``thread_local`` error mode so that other threads' eager work (text encoding, VAE) does not
+invalidate them. Callers are expected to share torch's current stream, as the pipelines do.
 """
 
 import threading
@@ -16,28 +21,32 @@ import torch
 from .cycle import denoise
 
 MAX_GRAPHS = 8
-_POOLS = {}
+_SHARED = {}  # device → (memory pool, lock)
+_REGISTRY = threading.Lock()
+_CAPTURE = threading.Lock()
 
 
-def _pool(device):
-    if device not in _POOLS:
-        _POOLS[device] = torch.cuda.graph_pool_handle()
-    return _POOLS[device]
+def _shared(device):
+    with _REGISTRY:
+        if device not in _SHARED:
+            _SHARED[device] = (torch.cuda.graph_pool_handle(), threading.RLock())
+        return _SHARED[device]
 
 
 class _Graph:
     def __init__(self, run, inputs, device):
-        self.lock = threading.Lock()
-        self.inputs = {k: v.clone() if torch.is_tensor(v) else [t.clone() for t in v] for k, v in inputs.items()}
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                run(**self.inputs)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=_pool(device)):
-            self.outputs = run(**self.inputs)
+        pool, self.lock = _shared(device)
+        with self.lock, _CAPTURE, torch.cuda.device(device):
+            self.inputs = {k: v.clone() if torch.is_tensor(v) else [t.clone() for t in v] for k, v in inputs.items()}
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                run(**self.inputs)  # one whole loop: every kernel is loaded and tuned before capture
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool, stream=torch.cuda.Stream(device),
+                                  capture_error_mode="thread_local"):
+                self.outputs = run(**self.inputs)
 
     def __call__(self, inputs):
         with self.lock:
@@ -68,7 +77,10 @@ class GraphedDenoiser:
             inputs.update(x0=x0, step_noise=step_noise)
         if residuals is not None:
             inputs["residuals"] = list(residuals)
-        key = (table.timesteps.tobytes(), table.sigma.tobytes(), table.prediction_type, guidance, str(dtype),
+        # every table scalar is baked into the captured kernels, so all of them are part of the key
+        key = (tuple(getattr(table, f).tobytes() for f in ("timesteps", "a_t", "b_t", "a_prev", "sigma", "c",
+                                                              "draws_noise")),
+               table.prediction_type, table.clip_sample, guidance, str(dtype),
                tuple((k, tuple(v.shape) if torch.is_tensor(v) else (len(v), tuple(v[0].shape)))
                      for k, v in sorted(inputs.items())))
 

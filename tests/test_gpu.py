@@ -83,6 +83,7 @@ def test_compile_backend_fp16(tiny_sd1, eager_fp16, image, tmp_path, monkeypatch
     compiled = CycleDiffusion.from_pretrained(tiny_sd1, backend="compile", device="cuda", dtype="fp16", height=64,
                                               width=64)
     _close(_edit(compiled, image), _edit(eager_fp16, image))
+    assert compiled._graphed is not None and len(compiled._graphed.graphs) == 1  # captured, no fallback
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT not installed")
