@@ -89,11 +89,11 @@ def _export_aoti(contract, folder, device):
     return path
 
 
-def _export_tensorrt(contract, folder, device, fp16):
+def _export_tensorrt(contract, folder, dtype):
     from rtcore.tensorrt_engine import build_plan
 
     onnx_path = _export_onnx(contract, folder)
-    return build_plan(onnx_path, folder / "model.plan", contract.profile, fp16=fp16,
+    return build_plan(onnx_path, folder / "model.plan", contract.profile, dtype=dtype,
                       timing_cache=folder.parent / "timing.cache")
 
 
@@ -161,7 +161,7 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
             elif backend == "compile":
                 artifact = _export_aoti(contract, folder, device)
             else:
-                artifact = _export_tensorrt(contract, folder, device, fp16=dtype != torch.float32)
+                artifact = _export_tensorrt(contract, folder, dtype)
             models[name] = {"file": str(artifact.relative_to(tmp)), "files": _files_of(folder, tmp),
                             "inputs": list(contract.inputs), "outputs": list(contract.outputs),
                             "profile": contract.profile}

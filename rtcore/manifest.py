@@ -37,7 +37,14 @@ def version_of(dist):
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        return None
+        pass
+    if dist == "tensorrt":  # the tensorrt-cu12/-cu13 wheels install the module without a "tensorrt" distribution
+        try:
+            import tensorrt
+        except ImportError:
+            return None
+        return tensorrt.__version__
+    return None
 
 
 def device_info(device):

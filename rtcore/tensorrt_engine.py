@@ -2,10 +2,16 @@
 
 TensorRT is imported only here and only when it is asked for. The project installs and its tests pass without
 it. Asking for it where it is missing gives one clear message. The engine runs on torch CUDA tensors: the
-input and output addresses are bound before each ``execute_async_v3`` on the current stream.
+input and output addresses are bound before each ``execute_async_v3``, on a stream of the engine's own that is
+ordered after torch's current stream and before what follows on it (TensorRT warns against the default stream).
+One execution context serves all threads, so a lock keeps one caller's shapes and addresses from another's.
 """
 
+import threading
+
 import torch
+
+ALIGNMENT = 256  # bytes: TensorRT's required alignment of tensor addresses
 
 
 def require_tensorrt():
@@ -16,8 +22,9 @@ def require_tensorrt():
                          "GPU); use backend='onnx' or 'compile' otherwise") from None
 
 
-def build_plan(onnx_path, plan_path, profile, fp16=True, timing_cache=None, workspace_gb=8):
-    """Parses an ONNX file and serialises a TensorRT plan for the given (min, opt, max) profile."""
+def build_plan(onnx_path, plan_path, profile, dtype=torch.float16, timing_cache=None, workspace_gb=8):
+    """Parses an ONNX file and serialises a TensorRT plan for the given (min, opt, max) profile, letting TensorRT
+    choose ``dtype`` kernels (fp16 or bf16) where they are faster; fp32 keeps fp32 throughout."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -29,8 +36,10 @@ def build_plan(onnx_path, plan_path, profile, fp16=True, timing_cache=None, work
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gb << 30)
-    if fp16:
+    if dtype == torch.float16:
         config.set_flag(trt.BuilderFlag.FP16)
+    elif dtype == torch.bfloat16:
+        config.set_flag(trt.BuilderFlag.BF16)
     opt_profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in profile.items():
         opt_profile.set_shape(name, lo, opt, hi)
@@ -54,25 +63,41 @@ class TensorRTModel:
 
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if self.engine is None:  # TensorRT logs why (another TensorRT version or GPU) and returns None
+            raise RuntimeError(f"TensorRT could not deserialise {plan_path}; rebuild the engine directory with this "
+                               "TensorRT on this GPU")
         self.context = self.engine.create_execution_context()
         self.inputs, self.outputs, self.device = inputs, outputs, device
         self.dtypes = {name: _torch_dtype(self.engine.get_tensor_dtype(name)) for name in inputs + outputs}
+        self.stream = torch.cuda.Stream(device)
+        self.lock = threading.Lock()
+
+    def _bind_input(self, name, tensor):
+        tensor = tensor.to(self.dtypes[name]).contiguous()
+        if tensor.data_ptr() % ALIGNMENT:  # e.g. a one-element slice of the timestep table
+            tensor = tensor.clone()
+        if not self.context.set_input_shape(name, tuple(tensor.shape)):
+            lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+            raise ValueError(f"TensorRT engine input {name!r}: shape {tuple(tensor.shape)} is outside the built "
+                             f"profile ({tuple(lo)} to {tuple(hi)}); rebuild the engine with a larger --batch")
+        self.context.set_tensor_address(name, tensor.data_ptr())
+        return tensor
 
     def __call__(self, *args):
-        stream = torch.cuda.current_stream(self.device)
-        keep = []  # converted inputs must outlive the asynchronous launch
-        for name, tensor in zip(self.inputs, args):
-            tensor = tensor.to(self.dtypes[name]).contiguous()
-            keep.append(tensor)
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        results = []
-        for name in self.outputs:
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), device=self.device, dtype=self.dtypes[name])
-            self.context.set_tensor_address(name, out.data_ptr())
-            results.append(out)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
+        current = torch.cuda.current_stream(self.device)
+        with self.lock:
+            keep = [self._bind_input(name, tensor) for name, tensor in zip(self.inputs, args)]  # outlive the launch
+            results = []
+            for name in self.outputs:
+                out = torch.empty(tuple(self.context.get_tensor_shape(name)), device=self.device,
+                                  dtype=self.dtypes[name])
+                self.context.set_tensor_address(name, out.data_ptr())
+                results.append(out)
+            self.stream.wait_stream(current)
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            current.wait_stream(self.stream)  # what follows on torch's stream sees the outputs
+            del keep  # freed memory is reused only by work ordered after the launch
         return results[0] if len(results) == 1 else tuple(results)
 
 
