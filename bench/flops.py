@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-# dense (no sparsity) peak TFLOP/s by dtype; the first name found in the device name wins
+# dense (no sparsity) peak TFLOP/s by dtype; the first name found in the device name wins. fp32 is the
+# non-tensor-core peak: cuDNN runs fp32 convolutions in TF32 by default, so an fp32 fraction can exceed 1.
 PEAK_TFLOPS = {
     "H200": {"bf16": 989, "fp16": 989, "fp32": 67},
+    "H100 NVL": {"bf16": 835, "fp16": 835, "fp32": 60},
     "H100 PCIe": {"bf16": 756, "fp16": 756, "fp32": 51},
     "H100": {"bf16": 989, "fp16": 989, "fp32": 67},
     "A100": {"bf16": 312, "fp16": 312, "fp32": 19.5},

@@ -14,7 +14,7 @@ def markdown(report):
              f"steps × strength {s['strength']}, guidance {s['guidance_scale']}, {s['dtype']}, "
              f"{h['device_name']} ({h['device']}, {s['threads']} CPU thread(s)), {h['date']}, rev {h['git_revision']}",
              "", f"| pipeline | median ms | p20 ms | p80 ms | × {s['baseline'] or 'baseline'} | max abs err vs rtcore "
-             "eager | warm-up ms | cold start ms | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
+             "eager | warm-up ms | cold start ms | peak torch MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["results"].items():
         err = f"{r['max_abs_err_vs_rtcore_eager']:.1e}" + ("" if r["correct"] else " **WRONG**")
         lines.append(f"| {name} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | {r['p80_ms']:.1f} | "
