@@ -96,6 +96,11 @@ class Int8Linear(nn.Module):
         self.bias = bias
         self.in_features, self.out_features = codes.shape[1], codes.shape[0]
 
+    def _apply(self, fn, recurse=True):  # .half()/.to(dtype) would round the per-channel scales: keep them fp32
+        super()._apply(fn, recurse)
+        self.w_scales = self.w_scales.float()
+        return self
+
     def forward(self, x):
         return torch.ops.rtcore.int8_linear(x, self.w_codes, self.w_scales, self.bias)
 

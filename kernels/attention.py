@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .runtime import check_device
+from .runtime import check_device, on_device
 
 MAX_HEAD_DIM = 256
 
@@ -100,15 +100,17 @@ def _attention(q, k, v, num_heads, scale):
         return out.transpose(1, 2).reshape(b, s, hd)
     out = torch.empty((b, s, hd), device=q.device, dtype=q.dtype)
     block_d = max(16, triton.next_power_of_2(d))
-    block_m = 128 if block_d <= 64 else 64
-    block_n = 64 if block_d <= 128 else 32
+    if q.dtype == torch.float32:  # "ieee" products run on FMA units: small tiles, else the registers spill
+        block_m, block_n, num_warps, num_stages = 32, 32 if block_d <= 128 else 16, 4 if block_d <= 32 else 8, 2
+    else:  # wgmma tiles: no register spills up to D = 128 on sm_90 (D = 256 spills a little whatever the tile)
+        block_m, block_n, num_warps, num_stages = (128, 64, 8, 3) if block_d <= 128 else (64, 32, 8, 3)
     grid = (triton.cdiv(s, block_m), b * num_heads)
     _attention_kernel[grid](
         q, k, v, out, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), num_heads, s, k.shape[1], d, scale * 1.4426950408889634,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 inputs keep fp32 products
-        num_warps=4 if block_d <= 64 else 8)
+        num_warps=num_warps, num_stages=num_stages)
     return out
 
 
@@ -135,7 +137,8 @@ def kv_attention(q, kv, num_heads, scale=None):
 
 @torch.library.custom_op("rtcore::qkv_attention", mutates_args=())
 def qkv_attention_op(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
-    return qkv_attention(qkv, num_heads, scale)
+    with on_device(qkv):
+        return qkv_attention(qkv, num_heads, scale)
 
 
 @qkv_attention_op.register_fake
@@ -145,9 +148,10 @@ def _(qkv, num_heads, scale):
 
 @torch.library.custom_op("rtcore::kv_attention", mutates_args=())
 def kv_attention_op(q: torch.Tensor, kv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
-    return kv_attention(q, kv, num_heads, scale)
+    with on_device(q):
+        return kv_attention(q, kv, num_heads, scale)
 
 
 @kv_attention_op.register_fake
 def _(q, kv, num_heads, scale):
-    return torch.empty_like(q)
+    return q.new_empty(q.shape)  # the kernel's output is contiguous whatever q's strides

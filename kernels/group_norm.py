@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .runtime import check_device
+from .runtime import check_device, on_device
 
 MAX_CHUNKS = 64  # partial statistics per group; a power of two (the apply kernel loads them as one block)
 SINGLE_PASS_MAX = 4096  # groups up to this many elements: one program loads, normalises and stores the group
@@ -202,11 +202,12 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False, resi
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"group_norm: residual shape {tuple(residual.shape)} must equal x's {tuple(x.shape)}")
     strides = _pixel_strides(x)
-    if strides is None:
+    y = torch.empty_like(x)  # keeps x's strides only when x is dense (no channel slice, no expanded batch)
+    if strides is None or y.stride() != x.stride():  # the kernels write y through x's strides
         x = x.contiguous()
+        y = torch.empty_like(x)
         strides = _pixel_strides(x)
     stride_n, stride_c, stride_p, channels_last = strides
-    y = torch.empty_like(x)  # keeps x's memory format, so y shares x's strides
     if residual is not None and _pixel_strides(residual) is None:
         residual = residual.contiguous()
     rstrides = _pixel_strides(residual)[:3] if residual is not None else (0, 0, 0)
@@ -221,7 +222,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False, resi
     if c_per_g * hw <= SINGLE_PASS_MAX:
         _group_norm_single_pass_kernel[(rows,)](
             *pointers, num_groups, c_per_g, hw, stride_n, stride_c, stride_p, *rstrides, eps, **flags,
-            BLOCK=triton.next_power_of_2(c_per_g * hw))
+            BLOCK=triton.next_power_of_2(c_per_g * hw), num_warps=8 if c_per_g * hw > 2048 else 4)
         return y.squeeze(-1) if squeeze else y
 
     chunk, num_chunks = _chunking(c_per_g * hw)
@@ -240,7 +241,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False, resi
 @torch.library.custom_op("rtcore::group_norm", mutates_args=())
 def group_norm_op(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
                   eps: float, silu: bool, residual: torch.Tensor | None) -> torch.Tensor:
-    return group_norm(x, num_groups, weight, bias, eps, silu, residual)
+    with on_device(x):
+        return group_norm(x, num_groups, weight, bias, eps, silu, residual)
 
 
 @group_norm_op.register_fake

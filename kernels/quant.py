@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .runtime import check_device
+from .runtime import check_device, on_device
 
 SCALE_FLOOR = 1e-8  # absmax floor: an all-zero row gets codes 0, not NaN
 
@@ -143,7 +143,8 @@ def int8_linear(x, w_codes, w_scales, bias=None):
 @torch.library.custom_op("rtcore::int8_linear", mutates_args=())
 def int8_linear_op(x: torch.Tensor, w_codes: torch.Tensor, w_scales: torch.Tensor,
                    bias: torch.Tensor | None) -> torch.Tensor:
-    return int8_linear(x, w_codes, w_scales, bias)
+    with on_device(x):
+        return int8_linear(x, w_codes, w_scales, bias)
 
 
 @int8_linear_op.register_fake

@@ -116,6 +116,8 @@ def load_engines(engine_dir, device="cpu", providers=None, check_hashes=True) ->
     engine_dir, device = Path(engine_dir), resolve_device(device)
     manifest = validate(engine_dir, device, check_hashes=check_hashes)
     backend = manifest["backend"]
+    if manifest.get("kernels") or manifest.get("int8"):
+        import rtcore.kernels  # noqa: F401  registers torch.ops.rtcore.*, which the engines' graphs call
     models = {name: _load_model(backend, engine_dir, entry, device, providers)
               for name, entry in manifest["models"].items()}
     dtype = resolve_dtype(manifest["dtype"])

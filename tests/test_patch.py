@@ -59,6 +59,9 @@ def test_int8_policy_and_patched_unet(models):
     rel = ((got - want).norm() / want.norm()).item()
     print(f"int8 UNet relative error {rel:.3e} over {len(report.int8_layers)} layers")
     assert rel < 5e-2
+    # casting the model to half precision keeps the per-channel weight scales in fp32, the codes in int8
+    layer = next(m for m in patched.half().modules() if isinstance(m, Int8Linear))
+    assert layer.w_scales.dtype == torch.float32 and layer.w_codes.dtype == torch.int8
 
 
 def test_edit_with_kernels_matches_eager(tiny_sd1, pipe, image):

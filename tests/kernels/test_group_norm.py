@@ -43,6 +43,16 @@ def test_chunked_path_is_exercised():
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("view", ["channel slice", "expanded batch", "transposed pixels"])
+def test_strided_views(view):
+    """Views whose strides a fresh output cannot share: the kernel must not write through the input's strides."""
+    base = torch.randn(2, 16, 6, 5)
+    x = {"channel slice": base[:, 4:12], "expanded batch": base[:1].expand(3, -1, -1, -1),
+         "transposed pixels": base.transpose(2, 3)}[view]
+    torch.testing.assert_close(group_norm(x, 4, silu=True), group_norm_ref(x, 4, silu=True), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.interpreter
 def test_three_dimensional_input():
     x = torch.randn(2, 8, 33)
     torch.testing.assert_close(group_norm(x, 4, silu=True), group_norm_ref(x, 4, silu=True), atol=1e-5, rtol=1e-5)
