@@ -208,3 +208,24 @@ def test_compile_backend_matches_eager(compile_dir, pipe):
     m = json.loads((engine_dir / "manifest.json").read_text())
     assert m["shapes"]["fixed_size"] and m["device"] == {"type": "cpu"}
     assert len(m["step_table"]["rows"]) == 40 and (engine_dir / "step_table.txt").is_file()
+
+
+def test_loading_a_kernels_engine_registers_the_ops(compile_dir, tmp_path):
+    """The AOTInductor graphs of a --kernels/--int8 engine call torch.ops.rtcore.*, which nothing else registers
+    in a new process (a full --kernels engine fails there with "Could not find schema for rtcore::group_norm").
+    Building one costs 1.5 min here, so a copy of the plain engine flagged as such checks what the loader does."""
+    engine = tmp_path / "engine"
+    shutil.copytree(compile_dir, engine)
+    manifest = json.loads((engine / "manifest.json").read_text())
+    manifest["kernels"] = True
+    (engine / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    script = ("import sys, torch\n"
+              "from rtcore import load\n"
+              "assert not hasattr(torch.ops.rtcore, 'group_norm')\n"
+              "load(sys.argv[1])\n"
+              "x = torch.randn(1, 4, 2, 2)\n"
+              "print(float((torch.ops.rtcore.group_norm(x, 2, None, None, 1e-5, False, None)\n"
+              "             - torch.nn.functional.group_norm(x, 2)).abs().max()))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(engine)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) < 1e-5

@@ -62,7 +62,23 @@ struct Engine::Impl {
       : text_encoder(dir + "/text_encoder/model.pt2"), unet(dir + "/unet/model.pt2") {}
 };
 
-Engine::Engine(const std::string& engine_dir) : impl_(std::make_unique<Impl>(engine_dir)) {}
+// Engines exported with --kernels or --int8 call rtcore's Triton ops (torch.ops.rtcore.*), which only the Python
+// runtime registers: refuse them here with a message rather than fail inside the first model call. There is no
+// JSON parser in libtorch; the manifest is written by json.dumps(indent=2), so each flag reads `"name": true`.
+static const std::string& embeddable(const std::string& dir) {
+  std::ifstream in(dir + "/manifest.json");
+  if (!in) throw std::runtime_error(dir + " is not an engine directory: no manifest.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  for (const char* flag : {"\"kernels\": true", "\"int8\": true"}) {
+    if (text.str().find(flag) != std::string::npos)
+      throw std::runtime_error(dir + " was exported with --kernels or --int8: its graphs call rtcore's Triton ops, "
+                               "which only the Python runtime registers; export it without them for C++");
+  }
+  return dir;
+}
+
+Engine::Engine(const std::string& engine_dir) : impl_(std::make_unique<Impl>(embeddable(engine_dir))) {}
 Engine::~Engine() = default;
 
 torch::Tensor Engine::edit(const Request& r) {
