@@ -47,19 +47,18 @@ def meta_unets(pipe):
     return {"eager": plain, "kernels+int8": fused.to("meta")}
 
 
-def _run(unet, table, guidance, **kwargs):
+def _run(unet, table, guidance, mode):
     meta = torch.device("meta")
     z = torch.empty(2, 4, 8, 8, device=meta)
     steps = torch.empty(len(noisy_steps(table)), 2, 4, 8, 8, device=meta)
     timesteps = torch.as_tensor(table.timesteps).to(meta)  # made outside the loop, as GraphedDenoiser does
-    mode = kwargs.pop("mode")
     source, target = 1 + guidance.source_cfg, 1 + guidance.target_cfg
     rows = {"edit": source + target, "encode": source, "residuals": target}
     context = torch.empty(2 * rows[mode], 77, 32, device=meta)
     if mode == "residuals":
-        kwargs["residuals"] = [torch.empty(2, 4, 8, 8, device=meta) for _ in range(len(table))]
+        kwargs = dict(residuals=[torch.empty(2, 4, 8, 8, device=meta) for _ in range(len(table))])
     else:
-        kwargs.update(x0=z, step_noise=steps)
+        kwargs = dict(x0=z, step_noise=steps)
     with DeviceOnly() as probe:
         x, recorded = denoise(unet, table, guidance, z, context, torch.float32, timesteps=timesteps, **kwargs)
     return probe, x, recorded
@@ -70,7 +69,7 @@ def _run(unet, table, guidance, **kwargs):
 @pytest.mark.parametrize("guidance", [Guidance(), Guidance(7.5, 2.0), Guidance(1.0, 1.0)], ids=str)
 def test_the_loop_stays_on_the_device(pipe, meta_unets, unet_kind, mode, guidance):
     table = step_table(pipe.engines.scheduler, 6, 0.8, 0.1)
-    probe, x, recorded = _run(meta_unets[unet_kind], table, guidance, mode=mode)
+    probe, x, recorded = _run(meta_unets[unet_kind], table, guidance, mode)
     assert probe.calls > 100  # the probe saw the UNet run
     kernel_ops = {"rtcore.group_norm.default", "rtcore.qkv_attention.default", "rtcore.int8_linear.default"}
     assert kernel_ops <= probe.ops if unet_kind != "eager" else not kernel_ops & probe.ops
