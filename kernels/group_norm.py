@@ -175,6 +175,17 @@ def _pixel_strides(t):
     return n_, c_, w_, c_ == 1 and t.shape[1] > 1
 
 
+def _kernel_layout(x):
+    """(input, output) as the kernels use them: the kernels write the output through the input's strides, so
+    both must share them. empty_like keeps x's strides only when x is dense (no channel slice, no expanded
+    batch), and H and W must merge into one pixel axis; anything else is read from a contiguous copy."""
+    y = torch.empty_like(x)
+    if _pixel_strides(x) is None or y.stride() != x.stride():
+        x = x.contiguous()
+        y = torch.empty_like(x)
+    return x, y
+
+
 def _chunking(group_elems):
     """Chunk size so that a big group is spread over up to MAX_CHUNKS programs of ≥ 4096 elements."""
     chunk = max(4096, triton.cdiv(group_elems, MAX_CHUNKS))
@@ -201,13 +212,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False, resi
         raise ValueError(f"group_norm: weight and bias must have shape ({c},)")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"group_norm: residual shape {tuple(residual.shape)} must equal x's {tuple(x.shape)}")
-    strides = _pixel_strides(x)
-    y = torch.empty_like(x)  # keeps x's strides only when x is dense (no channel slice, no expanded batch)
-    if strides is None or y.stride() != x.stride():  # the kernels write y through x's strides
-        x = x.contiguous()
-        y = torch.empty_like(x)
-        strides = _pixel_strides(x)
-    stride_n, stride_c, stride_p, channels_last = strides
+    x, y = _kernel_layout(x)
+    stride_n, stride_c, stride_p, channels_last = _pixel_strides(x)
     if residual is not None and _pixel_strides(residual) is None:
         residual = residual.contiguous()
     rstrides = _pixel_strides(residual)[:3] if residual is not None else (0, 0, 0)
@@ -246,5 +252,5 @@ def group_norm_op(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None,
 
 
 @group_norm_op.register_fake
-def _(x, num_groups, weight, bias, eps, silu, residual):
-    return torch.empty_like(x)
+def _(x, num_groups, weight, bias, eps, silu, residual):  # the real op's output strides, for compile and export
+    return _kernel_layout(x.unsqueeze(-1))[1].squeeze(-1) if x.ndim == 3 else _kernel_layout(x)[1]
