@@ -10,10 +10,26 @@ inference (dropout modules are kept as ``nn.Identity`` only where diffusers' nam
 """
 
 import math
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def config_from_dict(cls, cfg, name, unsupported, block_types):
+    """A diffusers config dict → the dataclass ``cls``. Options that change the model beyond what is built here
+    (``unsupported``: key → accepted values) and unknown block types (``block_types``: key → accepted names) are
+    refused by name; keys the dataclass does not hold are ignored; JSON lists become tuples."""
+    for key, accepted in unsupported.items():
+        if key in cfg and cfg[key] not in accepted:
+            raise ValueError(f"{name} config: {key}={cfg[key]!r} is not supported (accepted: {accepted})")
+    for key, accepted in block_types.items():
+        unknown = [block for block in cfg.get(key, ()) if block not in accepted]
+        if unknown:
+            raise ValueError(f"{name} config: {key} entries {unknown} are not supported (accepted: {accepted})")
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in known})
 
 
 def timestep_embedding(timesteps, dim, flip_sin_to_cos=True, freq_shift=0.0, max_period=10000):

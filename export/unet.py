@@ -6,12 +6,20 @@ projections, ``upcast_attention``, per-block ``layers_per_block`` / ``transforme
 no SD 1.x/2.x checkpoint sets (class embeddings, added conditioning, other block types) are refused by name.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Transformer2DModel, Upsample2D, embed_timestep
+from .layers import (
+    Downsample2D,
+    ResnetBlock2D,
+    TimestepEmbedding,
+    Transformer2DModel,
+    Upsample2D,
+    config_from_dict,
+    embed_timestep,
+)
 
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
@@ -60,19 +68,10 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, cfg):
-        for key, accepted in _UNSUPPORTED.items():
-            if key in cfg and cfg[key] not in accepted:
-                raise ValueError(f"unet config: {key}={cfg[key]!r} is not supported (accepted: {accepted})")
         if isinstance(cfg.get("cross_attention_dim"), (list, tuple)):
             raise ValueError("unet config: cross_attention_dim must be one int for SD 1.x/2.x checkpoints")
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in known}
-        config = cls(**kwargs)
-        for key, accepted in (("down_block_types", (CROSS_DOWN, PLAIN_DOWN)), ("up_block_types", (CROSS_UP, PLAIN_UP))):
-            unknown = [name for name in getattr(config, key) if name not in accepted]
-            if unknown:
-                raise ValueError(f"unet config: {key} entries {unknown} are not supported (accepted: {accepted})")
-        return config
+        return config_from_dict(cls, cfg, "unet", _UNSUPPORTED, {"down_block_types": (CROSS_DOWN, PLAIN_DOWN),
+                                                                 "up_block_types": (CROSS_UP, PLAIN_UP)})
 
     def per_block(self, value):
         n = len(self.block_out_channels)

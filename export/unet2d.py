@@ -7,12 +7,20 @@ projection per Q/K/V, residual). Options these models do not use are refused by 
 embeddings, class conditioning, skip blocks, and the scale-shift time norm.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .layers import Attention, Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, embed_timestep
+from .layers import (
+    Attention,
+    Downsample2D,
+    ResnetBlock2D,
+    TimestepEmbedding,
+    Upsample2D,
+    config_from_dict,
+    embed_timestep,
+)
 from .vae import VAEMidBlock
 
 DOWN, ATTN_DOWN, UP, ATTN_UP = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
@@ -40,15 +48,8 @@ class UNet2DConfig:
 
     @classmethod
     def from_dict(cls, cfg):
-        for key, accepted in _UNSUPPORTED.items():
-            if key in cfg and cfg[key] not in accepted:
-                raise ValueError(f"unet2d config: {key}={cfg[key]!r} is not supported (accepted: {accepted})")
-        for key, accepted in (("down_block_types", (DOWN, ATTN_DOWN)), ("up_block_types", (UP, ATTN_UP))):
-            unknown = [b for b in cfg.get(key, ()) if b not in accepted]
-            if unknown:
-                raise ValueError(f"unet2d config: {key} entries {unknown} are not supported (accepted: {accepted})")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in known})
+        return config_from_dict(cls, cfg, "unet2d", _UNSUPPORTED, {"down_block_types": (DOWN, ATTN_DOWN),
+                                                                   "up_block_types": (UP, ATTN_UP)})
 
 
 def _self_attention(ch, cfg):

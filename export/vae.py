@@ -4,12 +4,12 @@
 from the CPU generator, in diffusers' order, so any backend (eager, ONNX, TensorRT) reproduces diffusers' output.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D
+from .layers import Attention, Downsample2D, ResnetBlock2D, Upsample2D, config_from_dict
 
 _UNSUPPORTED = {
     "act_fn": ("silu",),
@@ -37,15 +37,8 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, cfg):
-        for key, accepted in _UNSUPPORTED.items():
-            if key in cfg and cfg[key] not in accepted:
-                raise ValueError(f"vae config: {key}={cfg[key]!r} is not supported (accepted: {accepted})")
-        for key, accepted in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
-            unknown = [name for name in cfg.get(key, ()) if name != accepted]
-            if unknown:
-                raise ValueError(f"vae config: {key} entries {unknown} are not supported (accepted: {accepted})")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in known})
+        return config_from_dict(cls, cfg, "vae", _UNSUPPORTED, {"down_block_types": ("DownEncoderBlock2D",),
+                                                                "up_block_types": ("UpDecoderBlock2D",)})
 
     @property
     def scale_factor(self):

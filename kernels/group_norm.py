@@ -43,6 +43,14 @@ def _channel_pixel(idx, g, C_PER_G, HW, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(x_ptr, idx, mask, n, g, C_PER_G, HW, stride_n, stride_c, stride_p, CHANNELS_LAST: tl.constexpr):
+    """Elements idx of group g of sample n, in fp32, with what the epilogue needs to store them back."""
+    ch, p = _channel_pixel(idx, g, C_PER_G, HW, CHANNELS_LAST)
+    offs = n.to(tl.int64) * stride_n + ch.to(tl.int64) * stride_c + p.to(tl.int64) * stride_p
+    return tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32), offs, ch, p
+
+
+@triton.jit
 def _affine_act_store(y, y_ptr, offs, res_ptr, w_ptr, b_ptr, n, ch, p, mask, rstride_n, rstride_c, rstride_p,
                       HAS_AFFINE: tl.constexpr, APPLY_SILU: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """The epilogue shared by both apply paths: scale/shift, SiLU, residual add, store in the output dtype."""
@@ -122,9 +130,7 @@ def _group_norm_apply_kernel(
 
     idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < group_elems
-    ch, p = _channel_pixel(idx, g, C_PER_G, HW, CHANNELS_LAST)
-    offs = n.to(tl.int64) * stride_n + ch.to(tl.int64) * stride_c + p.to(tl.int64) * stride_p
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x, offs, ch, p = _load_tile(x_ptr, idx, mask, n, g, C_PER_G, HW, stride_n, stride_c, stride_p, CHANNELS_LAST)
     _affine_act_store((x - mean) * rstd, y_ptr, offs, res_ptr, w_ptr, b_ptr, n, ch, p, mask,
                       rstride_n, rstride_c, rstride_p, HAS_AFFINE, APPLY_SILU, HAS_RESIDUAL)
 
@@ -147,9 +153,7 @@ def _group_norm_single_pass_kernel(
     group_elems = C_PER_G * HW
     idx = tl.arange(0, BLOCK)
     mask = idx < group_elems
-    ch, p = _channel_pixel(idx, g, C_PER_G, HW, CHANNELS_LAST)
-    offs = n.to(tl.int64) * stride_n + ch.to(tl.int64) * stride_c + p.to(tl.int64) * stride_p
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x, offs, ch, p = _load_tile(x_ptr, idx, mask, n, g, C_PER_G, HW, stride_n, stride_c, stride_p, CHANNELS_LAST)
     mean = tl.sum(x, axis=0) / group_elems
     d = tl.where(mask, x - mean, 0.0)
     _affine_act_store(d * tl.rsqrt(tl.sum(d * d, axis=0) / group_elems + eps), y_ptr, offs, res_ptr, w_ptr, b_ptr,
