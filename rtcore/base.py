@@ -150,7 +150,7 @@ class Pipeline:
     def load(cls, engine_dir, device="cpu", providers=None, check_hashes=True):
         """A pipeline on an engine directory (``rtcore export`` output): no export stack, no checkpoint needed.
         The manifest is always checked; ``check_hashes=False`` skips re-hashing artifacts a caller just checked."""
-        from .load import load_engines
+        from .backends import load_engines
 
         pipe = cls(load_engines(engine_dir, device, providers, check_hashes))
         pipe.source_path = Path(engine_dir)  # engine directories carry the checkpoint's safety checker, if any

@@ -229,3 +229,21 @@ def test_loading_a_kernels_engine_registers_the_ops(compile_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", script, str(engine)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert float(result.stdout.split()[-1]) < 1e-5
+
+
+def test_rtcore_load_through_the_package_attribute_twice(onnx_dir):
+    """``rtcore.load`` stays the function after a load: no submodule of that name rebinds it on the package."""
+    code = f"""
+import importlib, pkgutil, types, rtcore
+first = rtcore.load({str(onnx_dir)!r})
+second = rtcore.load({str(onnx_dir)!r})
+for info in pkgutil.iter_modules(rtcore.__path__):  # every runtime submodule, imported
+    if info.name not in ("ray_serve", "serve"):
+        importlib.import_module("rtcore." + info.name)
+shadowed = [n for n in rtcore.__all__ if isinstance(getattr(rtcore, n), types.ModuleType)]
+assert not shadowed, shadowed
+print(type(first).__name__, type(second).__name__)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["CycleDiffusion", "CycleDiffusion"]

@@ -1,4 +1,7 @@
-"""Loading an engine directory into :class:`~rtcore.engines.Engines`, without the export stack.
+"""Engine backends: loading an engine directory into :class:`~rtcore.engines.Engines`, without the export stack.
+
+(Named ``backends`` and not ``load``: a submodule ``rtcore.load`` would replace the function ``rtcore.load`` on the
+package the first time it is imported.)
 
 ONNX models run in ONNX Runtime sessions: the CPU EP, or the CUDA EP with I/O binding (device tensors in and
 out, no host copies) where onnxruntime-gpu is installed. ``Engines.providers`` reports the providers that each
