@@ -1,8 +1,14 @@
 """Prompt handling: validation, CLIP tokenization (77 tokens, truncated with a warning) and text encoding."""
 
+import threading
 import warnings
 
 import torch
+
+# Hugging Face fast tokenizers set padding and truncation on their shared Rust object at every call, so two
+# threads tokenizing at once corrupt each other's settings (ragged ids, "excessive nesting" errors). Tokenizing
+# takes microseconds: one lock for all of them costs nothing and keeps concurrent pipeline calls safe.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 def as_prompt_list(value, name):
@@ -19,9 +25,10 @@ def as_prompt_list(value, name):
 def tokenize(tokenizer, prompts):
     """prompts → input ids (P, max_length), padded; prompts over the limit are truncated with a warning."""
     max_length = tokenizer.model_max_length
-    ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    full = tokenizer(prompts, truncation=False).input_ids
+    with _TOKENIZER_LOCK:
+        ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        full = tokenizer(prompts, truncation=False).input_ids
     for tokens in full:
         if len(tokens) > max_length:
             kept = tokenizer.decode(tokens[1:max_length - 1])

@@ -77,3 +77,18 @@ def compile_dir(tiny_sd1, tmp_path_factory):
 
     return build(tiny_sd1, tmp_path_factory.mktemp("engines") / "tiny-compile", backend="compile", height=64,
                  width=64)
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tiny_sd1, tmp_path_factory):
+    """An ONNX engine directory of the tiny checkpoint, built once per session."""
+    from rtcore.export.build import build
+
+    return build(tiny_sd1, tmp_path_factory.mktemp("engines") / "tiny-onnx", backend="onnx", height=64, width=64)
+
+
+@pytest.fixture(scope="session")
+def onnx_pipe(onnx_dir):
+    from rtcore import load
+
+    return load(onnx_dir)

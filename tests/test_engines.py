@@ -17,13 +17,6 @@ ARGS = dict(prompt="An astronaut riding an elephant", source_prompt="An astronau
             num_inference_steps=20, strength=0.8, output_type="np")
 
 
-@pytest.fixture(scope="module")
-def onnx_dir(tiny_sd1, tmp_path_factory):
-    from rtcore.export.build import build
-
-    return build(tiny_sd1, tmp_path_factory.mktemp("engines") / "tiny-onnx", backend="onnx", height=64, width=64)
-
-
 @pytest.fixture
 def onnx_copy(onnx_dir, tmp_path):
     path = tmp_path / "copy"
