@@ -3,50 +3,85 @@ once and then replayed. The per-step scalars of the table are baked into the cap
 launches the whole edit with one call and reads nothing back from the device.
 
 Static shapes only, as TensorRT's demo does: a new image size, batch or step table is a new capture, and the
-last MAX_GRAPHS captures are kept. The warm-up runs on a side stream before capture (cuDNN autotuning and the
-caching allocator must not run inside it).
+last MAX_GRAPHS captures are kept. The warm-up runs on the capture stream before capture (cuDNN autotuning and
+the caching allocator must not run inside it).
 
-Concurrency. All graphs of a device share one memory pool, and graphs that share a pool must never run at the
-same time, so one lock per device covers every capture and every replay on it (a replay only enqueues work: the
-lock is held for microseconds). PyTorch allows one capture underway per process, hence a process-wide capture
-lock; captures use ``thread_local`` error mode so that other threads' eager work (text encoding, VAE) does not
-invalidate them. Callers are expected to share torch's current stream, as the pipelines do.
+Concurrency and memory. All graphs of a device share one memory pool and one capture stream: torch shares a pool
+well only between captures made on the same stream (``torch.cuda.graph``'s note on ``pool``). Graphs that share a
+pool must never run at the same time, so one lock per device covers every capture and every replay on it (a
+replay only enqueues work: the lock is held for microseconds). PyTorch allows one capture underway per process,
+hence a process-wide capture lock; captures use ``thread_local`` error mode so that other threads' eager work (text
+encoding, VAE) does not invalidate them. Callers are expected to share torch's current stream, as the pipelines do.
+
+Failure. ``torch.cuda.graph`` cannot be used here: when the captured code raises, its ``__exit__`` calls
+``capture_end()``, which raises again (the capture was invalidated) before the thread's stream is restored, so
+everything after it in that thread would run on the capture stream, and the error shown would be
+``capture_end``'s rather than the cause. :func:`capture` ends a failed capture, always restores the stream, and
+raises :class:`CaptureError` from the cause. Running out of memory is not a capture failure: it propagates as is.
 """
 
 import threading
 from collections import OrderedDict
 
 import torch
+from torch import cuda  # the only CUDA surface used here; tests without a GPU put a stub of it in its place
 
 from .cycle import denoise
 
 MAX_GRAPHS = 8
-_SHARED = {}  # device → (memory pool, lock)
+_SHARED = {}  # device → (memory pool, lock, capture stream)
 _REGISTRY = threading.Lock()
 _CAPTURE = threading.Lock()
+
+
+class CaptureError(RuntimeError):
+    """The loop cannot be captured (an operation that capture forbids); ``__cause__`` is what the loop raised."""
 
 
 def _shared(device):
     with _REGISTRY:
         if device not in _SHARED:
-            _SHARED[device] = (torch.cuda.graph_pool_handle(), threading.RLock())
+            _SHARED[device] = (cuda.graph_pool_handle(), threading.RLock(), cuda.Stream(device))
         return _SHARED[device]
+
+
+def capture(run, inputs, device):
+    """Warms ``run(**inputs)`` up, then captures it into a graph on the device's capture stream and pool.
+    Returns (graph, outputs). A failed capture is ended, the caller's stream is current again, and CaptureError
+    is raised from the cause (out of memory is raised as is: the loop may well run without the graph's pool)."""
+    pool, lock, stream = _shared(device)
+    with lock, _CAPTURE, cuda.device(device):
+        caller = cuda.current_stream(device)
+        stream.wait_stream(caller)  # the inputs were written on the caller's stream
+        with cuda.stream(stream):  # restores the caller's stream on any exit, which torch.cuda.graph does not
+            run(**inputs)  # one whole loop: every kernel is loaded and tuned before capture
+            cuda.synchronize(device)  # and any error of the warm-up surfaces here, not as a capture failure
+            graph = cuda.CUDAGraph()
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                outputs = run(**inputs)
+            except BaseException as cause:
+                try:
+                    graph.capture_end()  # ends the invalidated capture; its error only repeats that it failed
+                except RuntimeError:
+                    pass
+                if isinstance(cause, torch.OutOfMemoryError) or not isinstance(cause, Exception):
+                    raise
+                raise CaptureError(f"{type(cause).__name__}: {cause}") from cause
+            try:
+                graph.capture_end()
+            except RuntimeError as err:
+                raise CaptureError(f"{type(err).__name__}: {err}") from err
+        caller.wait_stream(stream)
+    return graph, outputs
 
 
 class _Graph:
     def __init__(self, run, inputs, device):
-        pool, self.lock = _shared(device)
-        with self.lock, _CAPTURE, torch.cuda.device(device):
-            self.inputs = {k: v.clone() if torch.is_tensor(v) else [t.clone() for t in v] for k, v in inputs.items()}
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                run(**self.inputs)  # one whole loop: every kernel is loaded and tuned before capture
-            torch.cuda.current_stream(device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool, stream=torch.cuda.Stream(device),
-                                  capture_error_mode="thread_local"):
-                self.outputs = run(**self.inputs)
+        self.lock = _shared(device)[1]
+        # the graph owns the memory its kernels read: replays copy new values into these
+        self.inputs = {k: v.clone() if torch.is_tensor(v) else [t.clone() for t in v] for k, v in inputs.items()}
+        self.graph, self.outputs = capture(run, self.inputs, device)
 
     def __call__(self, inputs):
         with self.lock:

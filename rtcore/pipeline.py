@@ -69,9 +69,12 @@ class CycleDiffusion(Pipeline):
     def _denoise(self, table, guidance, z, context, callback=None, callback_steps=1, **source):
         """The loop, from a CUDA graph when enabled (a callback needs the plain loop: it runs Python per step)."""
         if self._graphed is not None and callback is None:
+            from .graphs import CaptureError
+
             try:
                 return self._graphed(table, guidance, z, context, self.engines.dtype, **source)
-            except RuntimeError as err:  # capture is not possible for every engine: fall back, say so once
+            except CaptureError as err:  # this engine's loop cannot be captured: fall back for good, say so once
+                # only a capture failure turns graphs off: any other error (out of memory included) is the caller's
                 warnings.warn(f"CUDA graph capture failed ({err}); running the denoising loop without graphs",
                               stacklevel=3)
                 self._graphed = None

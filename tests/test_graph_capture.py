@@ -7,8 +7,10 @@ that sees every aten call proves both: any op that touches a non-meta tensor or 
 recorded. The gpu tier repeats the check on CUDA with ``torch.cuda.set_sync_debug_mode("error")``.
 """
 
+import contextlib
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -90,3 +92,157 @@ def test_the_probe_catches_host_traffic(pipe, meta_unets):
     with DeviceOnly() as probe:
         bool(torch.ones(1))
     assert any("is_nonzero" in v or "_local_scalar_dense" in v for v in probe.violations)
+
+
+# -- capture failures, with a stub of the CUDA surface that rtcore.graphs uses (no GPU on CI) -------------------
+
+
+class StubCuda:
+    """Stands in for the part of ``torch.cuda`` that :mod:`rtcore.graphs` calls, on a machine without a GPU.
+
+    It keeps what the real runtime keeps: each thread's current stream (``stream()`` restores it on exit, as
+    torch's StreamContext does) and the capture state. Its graphs behave as CUDA does: ``sync()`` (what
+    ``.item()`` does) during a capture raises and invalidates the capture, ``capture_end()`` of an invalidated
+    capture raises again, and ``capture_end()`` on another stream than ``capture_begin()``'s raises, as torch's does.
+    """
+
+    def __init__(self):
+        self.default = self.current = _StubStream("default stream")
+        self.capturing = None
+        self.streams = {}  # device → streams made for it
+
+    def graph_pool_handle(self):
+        return object()
+
+    def Stream(self, device):  # noqa: N802  (torch's name)
+        stream = _StubStream(f"stream {len(self.streams.setdefault(device, []))} of {device}")
+        self.streams[device].append(stream)
+        return stream
+
+    def current_stream(self, device=None):
+        return self.current
+
+    @contextlib.contextmanager
+    def stream(self, stream):
+        previous, self.current = self.current, stream
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def device(self, device):
+        return contextlib.nullcontext()
+
+    def synchronize(self, device=None):
+        pass
+
+    def CUDAGraph(self):  # noqa: N802
+        return _StubGraph(self)
+
+    def sync(self):
+        if self.capturing is not None:
+            self.capturing.invalidated = True
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+
+class _StubStream(str):
+    def wait_stream(self, other):
+        pass
+
+
+class _StubGraph:
+    def __init__(self, cuda):
+        self.cuda, self.stream, self.invalidated = cuda, None, False
+
+    def capture_begin(self, pool=None, capture_error_mode="global"):
+        assert self.cuda.current != self.cuda.default, "CUDA graphs must be captured on a non-default stream"
+        self.stream, self.cuda.capturing = self.cuda.current, self
+
+    def capture_end(self):
+        if self.cuda.current != self.stream:
+            raise RuntimeError("Capture must end on the same stream it began on.")
+        self.cuda.capturing = None
+        if self.invalidated:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    def replay(self):
+        pass
+
+
+@pytest.fixture
+def stub_cuda(monkeypatch):
+    from rtcore import graphs
+
+    stub = StubCuda()
+    monkeypatch.setattr(graphs, "cuda", stub)
+    monkeypatch.setattr(graphs, "_SHARED", {})
+    return stub
+
+
+def test_a_failed_capture_restores_the_stream_and_names_the_cause(stub_cuda):
+    from rtcore.graphs import CaptureError, capture
+
+    def run(x):
+        stub_cuda.sync()
+        return x
+
+    with pytest.raises(CaptureError, match="not permitted when stream is capturing") as info:
+        capture(run, {"x": torch.ones(1)}, torch.device("cuda", 0))
+    assert "previous error" not in str(info.value) and "not permitted" in str(info.value.__cause__)
+    assert stub_cuda.current == stub_cuda.default  # the caller is back on its own stream
+    assert stub_cuda.capturing is None  # and the capture is over
+
+
+def test_out_of_memory_in_a_capture_is_not_a_capture_failure(stub_cuda):
+    from rtcore.graphs import CaptureError, capture
+
+    def run(x):
+        if stub_cuda.capturing is not None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return x
+
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        capture(run, {"x": torch.ones(1)}, torch.device("cuda", 0))
+    assert not isinstance(info.value, CaptureError)
+    assert stub_cuda.current == stub_cuda.default and stub_cuda.capturing is None
+
+
+def test_one_capture_stream_per_device(stub_cuda):
+    from rtcore.graphs import capture
+
+    graphs = [capture(lambda x: x, {"x": torch.ones(1)}, torch.device("cuda", k % 2))[0] for k in range(4)]
+    assert {d.index: len(s) for d, s in stub_cuda.streams.items()} == {0: 1, 1: 1}
+    assert graphs[0].stream is graphs[2].stream and graphs[1].stream is graphs[3].stream
+    assert graphs[0].stream is not graphs[1].stream
+
+
+EDIT = dict(prompt="An astronaut riding an elephant", source_prompt="An astronaut riding a horse",
+            num_inference_steps=4, strength=0.5, output_type="np")
+
+
+def test_the_pipeline_falls_back_only_when_capture_fails(pipe, image, stub_cuda):
+    """A capture failure turns graphs off with a warning that gives the cause; an OOM is raised and keeps them."""
+    from rtcore import CycleDiffusion
+    from rtcore.graphs import GraphedDenoiser
+
+    def syncing_unet(*args):  # a UNet that reads a value back from the device, as an uncapturable engine would
+        stub_cuda.sync()
+        return pipe.engines.unet(*args)
+
+    graphed = CycleDiffusion(pipe.engines, cuda_graphs=False)
+    graphed._graphed = GraphedDenoiser(syncing_unet, torch.device("cpu"))
+    with pytest.warns(UserWarning, match="capture failed .*not permitted when stream is capturing"):
+        got = graphed(image=image, generator=torch.Generator().manual_seed(0), **EDIT).images
+    assert graphed._graphed is None and stub_cuda.current == stub_cuda.default
+    want = pipe(image=image, generator=torch.Generator().manual_seed(0), **EDIT).images
+    np.testing.assert_array_equal(got, want)
+
+    def oom_unet(*args):
+        if stub_cuda.capturing is not None:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return pipe.engines.unet(*args)
+
+    graphed._graphed = GraphedDenoiser(oom_unet, torch.device("cpu"))
+    with pytest.raises(torch.OutOfMemoryError):
+        graphed(image=image, generator=torch.Generator().manual_seed(0), **EDIT)
+    assert graphed._graphed is not None and stub_cuda.current == stub_cuda.default
