@@ -8,19 +8,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiers import interpret_by_default, skip_reason  # noqa: E402
 
-if not torch.cuda.is_available():
+CUDA = torch.cuda.is_available()
+if interpret_by_default(CUDA):
     # Triton kernels run on the CPU under the interpreter; the variable is read when a kernel is defined, so it must
     # be set before rtcore.kernels (or anything else that defines kernels) is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def pytest_collection_modifyitems(config, items):
-    if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="no CUDA device")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+    for item in items:
+        reason = skip_reason({m.name for m in item.iter_markers()}, item.path, CUDA, INTERPRETING)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(autouse=True)
