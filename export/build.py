@@ -24,7 +24,6 @@ from rtcore.manifest import (
     BACKEND_DEPENDENCIES,
     DEVICE_BOUND,
     FORMAT_VERSION,
-    MANIFEST,
     EngineMismatch,
     commit_directory,
     device_info,
@@ -32,6 +31,7 @@ from rtcore.manifest import (
     sha256_file,
     validate,
     version_of,
+    write_manifest,
 )
 from rtcore.schedule import DDIMConfig, step_table
 
@@ -97,10 +97,6 @@ def _export_tensorrt(contract, folder, dtype):
                       timing_cache=folder.parent / "timing.cache")
 
 
-def _files_of(folder, root):
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _check_options(backend, dtype, kernels, int8, device):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -162,7 +158,7 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
                 artifact = _export_aoti(contract, folder, device)
             else:
                 artifact = _export_tensorrt(contract, folder, dtype)
-            models[name] = {"file": str(artifact.relative_to(tmp)), "files": _files_of(folder, tmp),
+            models[name] = {"file": artifact.relative_to(tmp).as_posix(),
                             "inputs": list(contract.inputs), "outputs": list(contract.outputs),
                             "profile": contract.profile}
         shutil.copytree(root / "tokenizer", tmp / "tokenizer")
@@ -191,7 +187,7 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
             "step_table": table_json(table, DEFAULT_EDIT),
             "models": models,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_manifest(tmp, manifest)  # last: it hashes every file written above
         return commit_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,7 +16,7 @@ import torch
 from .cycle import draw_noise
 from .engines import BACKENDS, Engines, eager_engines, resolve_device, resolve_dtype
 from .images import postprocess
-from .manifest import MANIFEST, read_manifest
+from .manifest import MANIFEST, validate
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -120,7 +120,7 @@ class Pipeline:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         device = resolve_device(device)
         if (Path(str(path)) / MANIFEST).is_file():
-            manifest = read_manifest(path)
+            manifest = validate(path, device, check_hashes=False)  # the load below hashes the files
             if backend not in (None, manifest["backend"]):
                 raise ValueError(f"{path} is a {manifest['backend']!r} engine directory; backend={backend!r} "
                                  "does not match (leave backend unset)")

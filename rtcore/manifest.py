@@ -1,10 +1,12 @@
 """Engine directories: ``manifest.json`` plus one artifact per model, tokenizer files and the scheduler config.
 
 The manifest records what the artifacts depend on: format version, checkpoint fingerprint, backend, dtype, kernel
-and quantization settings, shape profile, library versions, and the GPU. It also records each artifact's sha256.
-Loading checks all of it. A mismatch is an :class:`EngineMismatch` (a ValueError) whose message gives the command
-that rebuilds the directory, and the cache treats it as a miss. Directories are written under a temporary name
-and renamed into place, so an interrupted build never leaves something that looks like a valid engine.
+and quantization settings, shape profile, library versions, and the GPU. It records the sha256 of *every* other
+file in the directory (artifacts, tokenizer, scheduler config, step table, safety checker), and a digest of its
+own contents, so an edited, truncated or added file anywhere, or a damaged manifest, is caught at load. Loading
+checks all of it. A mismatch is an :class:`EngineMismatch` (a ValueError) whose message gives the command that
+rebuilds the directory, and the cache treats it as a miss. Directories are written under a temporary name and
+renamed into place, so an interrupted build never leaves something that looks like a valid engine.
 """
 
 import hashlib
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest covers every file and carries its own digest
 MANIFEST = "manifest.json"
 MODELS = ("text_encoder", "vae_encoder", "vae_decoder", "unet")
 
@@ -71,21 +73,47 @@ def recorded_versions():
 
 def rebuild_command(manifest):
     m = manifest
-    shapes = m.get("shapes", {})
+    shapes = m["shapes"] if isinstance(m.get("shapes"), dict) else {}  # a damaged manifest still gets a command
+    checkpoint = m["checkpoint"] if isinstance(m.get("checkpoint"), dict) else {}
     flags = (" --kernels" if m.get("kernels") else "") + (" --int8" if m.get("int8") else "")
-    return (f"rtcore export {m.get('checkpoint', {}).get('path', 'CHECKPOINT')} --backend {m.get('backend')} "
+    return (f"rtcore export {checkpoint.get('path', 'CHECKPOINT')} --backend {m.get('backend')} "
             f"--dtype {m.get('dtype')} --height {shapes.get('height')} --width {shapes.get('width')} "
             f"--batch {shapes.get('batch')}{flags} --out NEW_ENGINE_DIR")
 
 
 def read_manifest(engine_dir):
+    """The parsed manifest, a dict (its contents are checked by :func:`validate`)."""
     path = Path(engine_dir) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{engine_dir} is not an engine directory: no {MANIFEST}") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise EngineMismatch(f"corrupt {path}: {err}; rebuild the engine directory") from None
+    if not isinstance(manifest, dict):
+        raise EngineMismatch(f"corrupt {path}: not a JSON object; rebuild the engine directory")
+    return manifest
+
+
+def _digest(manifest):
+    """sha256 of the manifest's contents, its own digest left out (canonical JSON, so key order does not matter)."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def directory_files(engine_dir):
+    """Every file of an engine directory but the manifest, as relative POSIX paths → sha256."""
+    root = Path(engine_dir)
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).as_posix() != MANIFEST}
+
+
+def write_manifest(engine_dir, manifest):
+    """Writes ``manifest.json`` last: the sha256 of every file already in the directory, then its own digest."""
+    manifest = dict(manifest, files=directory_files(engine_dir))
+    manifest["digest"] = _digest(manifest)
+    (Path(engine_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
 
 
 def validate(engine_dir, device, check_hashes=True):
@@ -96,28 +124,43 @@ def validate(engine_dir, device, check_hashes=True):
     if m.get("format_version") != FORMAT_VERSION:
         raise EngineMismatch(f"{engine_dir}: engine format {m.get('format_version')} but this rtcore reads "
                              f"{FORMAT_VERSION}; {how}")
+    if m.get("digest") != _digest(m):
+        raise EngineMismatch(f"{engine_dir}: {MANIFEST} is damaged or was edited (its digest does not match its "
+                             f"contents); {how}")
+    _check_structure(engine_dir, m, how)
     backend = m.get("backend")
     if backend not in BACKEND_DEPENDENCIES:
         raise EngineMismatch(f"{engine_dir}: unknown backend {backend!r}; {how}")
     dependencies = BACKEND_DEPENDENCIES[backend] + (("triton",) if m.get("kernels") or m.get("int8") else ())
     for dist in dependencies:
-        built, now = m.get("versions", {}).get(dist), version_of(dist)
+        built, now = m["versions"].get(dist), version_of(dist)
         if built != now:
             raise EngineMismatch(f"{engine_dir}: built with {dist} {built}, but {dist} {now} is installed; {how}")
     if DEVICE_BOUND[backend] and m.get("device") != device_info(device):
         raise EngineMismatch(f"{engine_dir}: built for {m.get('device')}, not {device_info(device)}; {how}")
-    if set(m.get("models", {})) != set(MODELS):
-        raise EngineMismatch(f"{engine_dir}: the manifest lists models {sorted(m.get('models', {}))}, expected "
-                             f"{sorted(MODELS)}; {how}")
-    for name, entry in m["models"].items():
-        for rel, digest in entry["files"].items():  # the artifact and its external data files
-            artifact = engine_dir / rel
-            if not artifact.is_file():
-                raise EngineMismatch(f"{engine_dir}: {rel} ({name}) is missing; {how}")
-            if check_hashes and sha256_file(artifact) != digest:
-                raise EngineMismatch(f"{engine_dir}: {rel} ({name}) is corrupted or truncated (sha256 mismatch); "
-                                     f"{how}")
+    present = {p.relative_to(engine_dir).as_posix() for p in engine_dir.rglob("*") if p.is_file()} - {MANIFEST}
+    added = sorted(present - set(m["files"]))  # an added tokenizer file, say, would change the output
+    if added:
+        raise EngineMismatch(f"{engine_dir}: {added[0]} is not part of this engine (the manifest does not list it); "
+                             f"remove it or {how}")
+    for rel, digest in m["files"].items():
+        if rel not in present:
+            raise EngineMismatch(f"{engine_dir}: {rel} is missing; {how}")
+        if check_hashes and sha256_file(engine_dir / rel) != digest:
+            raise EngineMismatch(f"{engine_dir}: {rel} is corrupted or truncated (sha256 mismatch); {how}")
     return m
+
+
+def _check_structure(engine_dir, m, how):
+    """The fields the loader reads, present and of the right kind (a manifest from a buggy or foreign writer)."""
+    models, files = m.get("models"), m.get("files")
+    ok = (isinstance(models, dict) and set(models) == set(MODELS) and isinstance(files, dict)
+          and all(isinstance(e, dict) and e.get("file") in files and isinstance(e.get("inputs"), list)
+                  and isinstance(e.get("outputs"), list) for e in models.values())
+          and all(isinstance(m.get(k), dict) for k in ("config", "shapes", "versions")))
+    if not ok:
+        raise EngineMismatch(f"{engine_dir}: {MANIFEST} lacks fields this rtcore needs (models {sorted(MODELS)}, "
+                             f"files, config, shapes, versions); {how}")
 
 
 def commit_directory(tmp_dir, final_dir):

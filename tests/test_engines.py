@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtcore import CycleDiffusion, EngineMismatch, load
-from rtcore.manifest import validate
+from rtcore.manifest import validate, write_manifest
 
 ARGS = dict(prompt="An astronaut riding an elephant", source_prompt="An astronaut riding a horse",
             num_inference_steps=20, strength=0.8, output_type="np")
@@ -41,7 +41,7 @@ def test_onnx_edit_matches_eager(onnx_dir, pipe, size):
 
 def test_manifest_contents(onnx_dir):
     m = json.loads((onnx_dir / "manifest.json").read_text())
-    assert m["backend"] == "onnx" and m["dtype"] == "fp32" and m["format_version"] == 1
+    assert m["backend"] == "onnx" and m["dtype"] == "fp32" and m["format_version"] == 2
     assert set(m["models"]) == {"text_encoder", "vae_encoder", "vae_decoder", "unet"}
     assert len(m["checkpoint"]["fingerprint"]) == 64 and m["versions"]["torch"] == torch.__version__
     assert m["models"]["unet"]["inputs"] == ["sample", "timestep", "encoder_hidden_states"]
@@ -49,8 +49,8 @@ def test_manifest_contents(onnx_dir):
 
 
 def _edit_manifest(path, **changes):
-    manifest_file = path / "manifest.json"
-    manifest_file.write_text(json.dumps(dict(json.loads(manifest_file.read_text()), **changes)))
+    """A manifest as another build would have written it: changed, then sealed again (files and digest)."""
+    write_manifest(path, dict(json.loads((path / "manifest.json").read_text()), **changes))
 
 
 def test_format_version_mismatch_says_how_to_rebuild(onnx_copy):
@@ -86,6 +86,55 @@ def test_corrupted_artifact_is_refused(onnx_copy, damage):
     else:
         artifact.unlink()
     with pytest.raises(EngineMismatch, match="unet"):
+        load(onnx_copy)
+
+
+def _rewrite(path, edit):
+    path.write_bytes(edit(path.read_bytes()))
+
+
+@pytest.mark.parametrize("rel,edit", [
+    ("scheduler/scheduler_config.json", lambda b: b.replace(b'"scaled_linear"', b'"linear"')),
+    ("tokenizer/vocab.json", lambda b: b.replace(b'"horse', b'"horsf', 1)),
+    ("step_table.txt", lambda b: b.replace(b"1", b"2", 1)),
+    ("text_encoder/model.onnx", lambda b: b[:-1] + bytes([b[-1] ^ 1])),
+], ids=["scheduler", "vocab", "step-table", "text-encoder"])
+def test_any_altered_file_is_refused(onnx_copy, rel, edit):
+    before = (onnx_copy / rel).read_bytes()
+    _rewrite(onnx_copy / rel, edit)
+    assert (onnx_copy / rel).read_bytes() != before
+    with pytest.raises(EngineMismatch, match=rel.replace(".", r"\.")):
+        load(onnx_copy)
+
+
+def test_an_added_file_is_refused(onnx_copy):
+    (onnx_copy / "tokenizer" / "added_tokens.json").write_text('{"elephant": 7}')  # would change tokenization
+    with pytest.raises(EngineMismatch, match="added_tokens.json is not part of this engine"):
+        load(onnx_copy)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[: len(b) // 2],  # truncated JSON
+    lambda b: b.replace(b'"scaling_factor": 0.', b'"scaling_factor": 1.'),  # valid JSON, wrong number
+    lambda b: b"[1, 2, 3]",  # not an object
+    lambda b: b"\xff\xfe not text",
+], ids=["truncated", "edited-value", "not-an-object", "binary"])
+def test_a_damaged_manifest_is_refused(onnx_copy, damage):
+    manifest = onnx_copy / "manifest.json"
+    before = manifest.read_bytes()
+    _rewrite(manifest, damage)
+    assert manifest.read_bytes() != before
+    with pytest.raises(EngineMismatch, match="manifest.json"):
+        load(onnx_copy)
+    with pytest.raises(EngineMismatch):  # the checkpoint-or-engine entry point says the same
+        CycleDiffusion.from_pretrained(onnx_copy)
+
+
+def test_a_manifest_missing_fields_is_refused(onnx_copy):
+    m = json.loads((onnx_copy / "manifest.json").read_text())
+    del m["models"]["unet"]["file"]
+    write_manifest(onnx_copy, m)  # sealed, yet unusable: a writer with a bug
+    with pytest.raises(EngineMismatch, match="lacks fields"):
         load(onnx_copy)
 
 
@@ -210,8 +259,7 @@ def test_loading_a_kernels_engine_registers_the_ops(compile_dir, tmp_path):
     engine = tmp_path / "engine"
     shutil.copytree(compile_dir, engine)
     manifest = json.loads((engine / "manifest.json").read_text())
-    manifest["kernels"] = True
-    (engine / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(engine, dict(manifest, kernels=True))
     script = ("import sys, torch\n"
               "from rtcore import load\n"
               "assert not hasattr(torch.ops.rtcore, 'group_norm')\n"
@@ -231,7 +279,7 @@ import importlib, pkgutil, types, rtcore
 first = rtcore.load({str(onnx_dir)!r})
 second = rtcore.load({str(onnx_dir)!r})
 for info in pkgutil.iter_modules(rtcore.__path__):  # every runtime submodule, imported
-    if info.name not in ("ray_serve", "serve"):
+    if info.name not in ("__main__", "ray_serve", "serve"):
         importlib.import_module("rtcore." + info.name)
 shadowed = [n for n in rtcore.__all__ if isinstance(getattr(rtcore, n), types.ModuleType)]
 assert not shadowed, shadowed
