@@ -87,8 +87,12 @@ def _int8_matmul_kernel(
 def quantize_int8_ref(x):
     """(M, K) → int8 codes (M, K), fp32 scales (M,): absmax/127 per row, round half to even, clamp ±127."""
     x = x.float()
-    scales = x.abs().amax(dim=-1).clamp(min=SCALE_FLOOR) / 127.0
-    return torch.round(x / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
+    absmax = x.abs().amax(dim=-1).clamp(min=SCALE_FLOOR)
+    # absmax/127 rounded once, as the kernel's IEEE division does, on every device: torch on CUDA divides by a Python
+    # scalar as a multiply by its reciprocal (one ulp off in ~5% of rows, and then codes off by one). The float64
+    # quotient rounded to float32 is the correctly rounded one (53 ≥ 2·24 + 2 bits), however float64 divides.
+    scales = (absmax.double() / 127.0).float()
+    return torch.round(x / scales[:, None]).clamp(-127, 127).to(torch.int8), scales  # tensor ÷ tensor: IEEE
 
 
 def int8_linear_ref(x, w_codes, w_scales, bias=None):
