@@ -7,12 +7,12 @@ that sees every aten call proves both: any op that touches a non-meta tensor or 
 recorded. The gpu tier repeats the check on CUDA with ``torch.cuda.set_sync_debug_mode("error")``.
 """
 
-import contextlib
 import copy
 
 import numpy as np
 import pytest
 import torch
+from stubs import StubCuda
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -95,78 +95,6 @@ def test_the_probe_catches_host_traffic(pipe, meta_unets):
 
 
 # -- capture failures, with a stub of the CUDA surface that rtcore.graphs uses (no GPU on CI) -------------------
-
-
-class StubCuda:
-    """Stands in for the part of ``torch.cuda`` that :mod:`rtcore.graphs` calls, on a machine without a GPU.
-
-    It keeps what the real runtime keeps: each thread's current stream (``stream()`` restores it on exit, as
-    torch's StreamContext does) and the capture state. Its graphs behave as CUDA does: ``sync()`` (what
-    ``.item()`` does) during a capture raises and invalidates the capture, ``capture_end()`` of an invalidated
-    capture raises again, and ``capture_end()`` on another stream than ``capture_begin()``'s raises, as torch's does.
-    """
-
-    def __init__(self):
-        self.default = self.current = _StubStream("default stream")
-        self.capturing = None
-        self.streams = {}  # device → streams made for it
-
-    def graph_pool_handle(self):
-        return object()
-
-    def Stream(self, device):  # noqa: N802  (torch's name)
-        stream = _StubStream(f"stream {len(self.streams.setdefault(device, []))} of {device}")
-        self.streams[device].append(stream)
-        return stream
-
-    def current_stream(self, device=None):
-        return self.current
-
-    @contextlib.contextmanager
-    def stream(self, stream):
-        previous, self.current = self.current, stream
-        try:
-            yield
-        finally:
-            self.current = previous
-
-    def device(self, device):
-        return contextlib.nullcontext()
-
-    def synchronize(self, device=None):
-        pass
-
-    def CUDAGraph(self):  # noqa: N802
-        return _StubGraph(self)
-
-    def sync(self):
-        if self.capturing is not None:
-            self.capturing.invalidated = True
-            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
-
-
-class _StubStream(str):
-    def wait_stream(self, other):
-        pass
-
-
-class _StubGraph:
-    def __init__(self, cuda):
-        self.cuda, self.stream, self.invalidated = cuda, None, False
-
-    def capture_begin(self, pool=None, capture_error_mode="global"):
-        assert self.cuda.current != self.cuda.default, "CUDA graphs must be captured on a non-default stream"
-        self.stream, self.cuda.capturing = self.cuda.current, self
-
-    def capture_end(self):
-        if self.cuda.current != self.stream:
-            raise RuntimeError("Capture must end on the same stream it began on.")
-        self.cuda.capturing = None
-        if self.invalidated:
-            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
-
-    def replay(self):
-        pass
 
 
 @pytest.fixture
