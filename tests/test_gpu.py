@@ -2,6 +2,7 @@
 
 import importlib.util
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -73,9 +74,24 @@ def test_the_loop_never_synchronises_with_the_host(eager_fp16):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_cuda_graphs_capture_every_mode(tiny_sd1, image):
+    """The full call, encode and edit each capture their own graph; a capture failure would only warn and fall
+    back to the plain loop, so it is made an error here and the graphs are counted."""
+    pipe = CycleDiffusion.from_pretrained(tiny_sd1, device="cuda", dtype="fp16")
+    args = dict(source_prompt=ARGS["source_prompt"], num_inference_steps=20, strength=0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = _edit(pipe, image)
+        source = pipe.encode(image=image, generator=torch.Generator().manual_seed(0), **args)
+        edited = pipe.edit(source, prompt=ARGS["prompt"], output_type="np").images
+    assert pipe._graphed is not None and len(pipe._graphed.graphs) == 3
+    _close(edited, full)  # encode + edit is the full call (batches of other sizes: fp16 rounding differs)
+
+
 def test_kernels_fp16(tiny_sd1, eager_fp16, image):
     kernels = CycleDiffusion.from_pretrained(tiny_sd1, device="cuda", dtype="fp16", kernels=True)
     _close(_edit(kernels, image), _edit(eager_fp16, image))
+    assert kernels._graphed is not None and len(kernels._graphed.graphs) == 1  # captured: no silent fallback
 
 
 def test_compile_backend_fp16(tiny_sd1, eager_fp16, image, tmp_path, monkeypatch):
