@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import header, summarize, synchronized
+from .common import header, memory_mb, summarize, synchronized
 
 PRESETS = {  # preset → (image side, random checkpoint dtype on disk)
     "tiny": (64, torch.float32),
@@ -115,33 +115,34 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
             checkpoint = make_random_checkpoint(Path(tmp) / preset, preset, dtype=PRESETS[preset][1])
-        for name in names:
+        image = sample_image(size, size)
+        args = dict(prompt=["An astronaut riding an elephant"] * batch,
+                    source_prompt=["An astronaut riding a horse"] * batch, image=[image] * batch,
+                    num_inference_steps=steps, strength=strength, guidance_scale=guidance_scale, output_type="np")
+        calls, warmup, memory = {}, {}, {}
+        for name in names:  # one pipeline at a time, so that the memory it adds is its own
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()  # the previous pipeline's cached blocks are not counted as this one's
+            before = memory_mb(device)
             start = time.perf_counter()
             if name.startswith("rtcore "):
                 pipes[name] = _rtcore(name[7:], checkpoint, tmp, device, torch_dtype, size, batch)
             else:
                 pipes[name] = _diffusers(name, checkpoint, device, torch_dtype)
             cold[name] = time.perf_counter() - start
-        image = sample_image(size, size)
-        args = dict(prompt=["An astronaut riding an elephant"] * batch,
-                    source_prompt=["An astronaut riding a horse"] * batch, image=[image] * batch,
-                    num_inference_steps=steps, strength=strength, guidance_scale=guidance_scale, output_type="np")
-        calls = {name: synchronized(lambda p=p: p(generator=[torch.Generator().manual_seed(k) for k in range(batch)],
-                                                  **args), device) for name, p in pipes.items()}
-        warmup, times, outputs, peak = {}, {n: [] for n in names}, {}, {}
-        for name, call in calls.items():
+            calls[name] = synchronized(lambda p=pipes[name]: p(
+                generator=[torch.Generator().manual_seed(k) for k in range(batch)], **args), device)
             start = time.perf_counter()
-            call()
+            calls[name]()
             warmup[name] = time.perf_counter() - start
+            # weights, engines, workspaces, graph pools and the allocator's cache after one edit: what it holds
+            memory[name] = [None if b is None or a is None else a - b for a, b in zip(memory_mb(device), before)]
+        times, outputs = {n: [] for n in names}, {}
         for r in range(runs):
             for name in names if r % 2 == 0 else names[::-1]:
-                if torch.device(device).type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
                 start = time.perf_counter()
                 outputs[name] = calls[name]()
                 times[name].append(time.perf_counter() - start)
-                if torch.device(device).type == "cuda":
-                    peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated(device))
         stages = {}
         for name in names:
             if name.startswith("rtcore "):
@@ -172,7 +173,7 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         results[name] = dict(
             t, warmup_ms=warmup[name] * 1e3, cold_start_ms=cold[name] * 1e3, stages_ms=stage_ms,
             tflops=achieved, fraction_of_peak={s: v / peak_tf for s, v in achieved.items()} if peak_tf else None,
-            peak_memory_mb=peak[name] / 2**20 if name in peak else None,
+            device_memory_mb=memory[name][0], host_rss_mb=memory[name][1],
             ratio_vs_baseline=total_ms / base if base else None,
             max_abs_err_vs_rtcore_eager=err, correct=err <= tol)
     return {

@@ -1,6 +1,7 @@
-"""What every benchmark report carries: device, library versions, git revision; and timing statistics."""
+"""What every benchmark report carries: device, library versions, git revision; timing statistics; memory."""
 
 import importlib.metadata
+import os
 import platform
 import statistics
 import subprocess
@@ -61,17 +62,19 @@ def synchronized(fn, device):
     return run
 
 
-def kernel_benchmark(benchmark, fn, device, **info):
-    """Times fn with pytest-benchmark (warm-up apart) and records the device/version header and extra figures."""
-    benchmark.extra_info.update(header(device))
-    benchmark.extra_info.update(info)
-    return benchmark.pedantic(synchronized(fn, device), rounds=20, iterations=5, warmup_rounds=3)
-
-
-def record_rate(benchmark, *, bytes_moved=None, flops=None):
-    """Adds GB/s and/or TFLOP/s at the median time to the benchmark's extra info."""
-    seconds = benchmark.stats.stats.median  # pytest-benchmark reports per-iteration times
-    if bytes_moved is not None:
-        benchmark.extra_info["GB/s"] = bytes_moved / seconds / 1e9
-    if flops is not None:
-        benchmark.extra_info["TFLOP/s"] = flops / seconds / 1e12
+def memory_mb(device):
+    """(device memory in use, host resident set) in MiB, now. Device memory is the driver's count (total − free,
+    ``cudaMemGetInfo``): it sees ONNX Runtime's and TensorRT's allocations and the CUDA-graph pool, which torch's
+    allocator statistics do not. None on a CPU device, and where the host figure cannot be read (not Linux)."""
+    device = torch.device(device)
+    used = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        free, total = torch.cuda.mem_get_info(device)
+        used = (total - free) / 2**20
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        rss = None
+    return used, rss

@@ -11,25 +11,38 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-# dense (no sparsity) peak TFLOP/s by dtype; the first name found in the device name wins. fp32 is the
+# dense (no sparsity) peak TFLOP/s (TOP/s for int8) by dtype; the first name found in the device name wins. fp32 is the
 # non-tensor-core peak: cuDNN runs fp32 convolutions in TF32 by default, so an fp32 fraction can exceed 1.
 PEAK_TFLOPS = {
-    "H200": {"bf16": 989, "fp16": 989, "fp32": 67},
-    "H100 NVL": {"bf16": 835, "fp16": 835, "fp32": 60},
-    "H100 PCIe": {"bf16": 756, "fp16": 756, "fp32": 51},
-    "H100": {"bf16": 989, "fp16": 989, "fp32": 67},
-    "A100": {"bf16": 312, "fp16": 312, "fp32": 19.5},
-    "L40S": {"bf16": 362, "fp16": 362, "fp32": 91.6},
-    "L4": {"bf16": 121, "fp16": 121, "fp32": 30.3},
-    "RTX 4090": {"bf16": 165, "fp16": 165, "fp32": 82.6},
+    "H200": {"bf16": 989, "fp16": 989, "fp32": 67, "int8": 1979},
+    "H100 NVL": {"bf16": 835, "fp16": 835, "fp32": 60, "int8": 1671},
+    "H100 PCIe": {"bf16": 756, "fp16": 756, "fp32": 51, "int8": 1513},
+    "H100": {"bf16": 989, "fp16": 989, "fp32": 67, "int8": 1979},
+    "A100": {"bf16": 312, "fp16": 312, "fp32": 19.5, "int8": 624},
+    "L40S": {"bf16": 362, "fp16": 362, "fp32": 91.6, "int8": 733},
+    "L4": {"bf16": 121, "fp16": 121, "fp32": 30.3, "int8": 242},
+    "RTX 4090": {"bf16": 165, "fp16": 165, "fp32": 82.6, "int8": 661},
 }
+
+# HBM bandwidth, TB/s (the datasheet figure): what a memory-bound kernel such as GroupNorm is measured against
+PEAK_TBPS = {"H200": 4.8, "H100 NVL": 3.9, "H100 PCIe": 2.0, "H100": 3.35, "A100": 2.0, "L40S": 0.864, "L4": 0.3,
+             "RTX 4090": 1.008}
+
+
+def _lookup(table, device_name):
+    for name, value in table.items():
+        if name in (device_name or ""):
+            return value
+    return None
 
 
 def peak_tflops(device_name, dtype_name):
-    for name, peaks in PEAK_TFLOPS.items():
-        if name in (device_name or ""):
-            return peaks.get(dtype_name)
-    return None
+    peaks = _lookup(PEAK_TFLOPS, device_name)
+    return peaks.get(dtype_name) if peaks else None
+
+
+def peak_tbps(device_name):
+    return _lookup(PEAK_TBPS, device_name)
 
 
 def _count(fn, *args):

@@ -14,13 +14,16 @@ def markdown(report):
              f"steps × strength {s['strength']}, guidance {s['guidance_scale']}, {s['dtype']}, "
              f"{h['device_name']} ({h['device']}, {s['threads']} CPU thread(s)), {h['date']}, rev {h['git_revision']}",
              "", f"| pipeline | median ms | p20 ms | p80 ms | × {s['baseline'] or 'baseline'} | max abs err vs rtcore "
-             "eager | warm-up ms | cold start ms | peak torch MiB |", "|---|---|---|---|---|---|---|---|---|"]
+             "eager | warm-up ms | cold start ms | device MiB | host RSS MiB |", "|---" * 10 + "|"]
     for name, r in report["results"].items():
         err = f"{r['max_abs_err_vs_rtcore_eager']:.1e}" + ("" if r["correct"] else " **WRONG**")
         lines.append(f"| {name} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | {r['p80_ms']:.1f} | "
                      f"**{_fmt(r['ratio_vs_baseline'], '.3f')}** | {err} | {r['warmup_ms']:.1f} | "
-                     f"{r['cold_start_ms']:.0f} | {_fmt(r['peak_memory_mb'], '.0f')} |")
-    lines += ["", "Stage breakdown (ms; diffusers' denoise is its UNet calls, the rest of its loop is host overhead):",
+                     f"{r['cold_start_ms']:.0f} | {_fmt(r['device_memory_mb'], '.0f')} | "
+                     f"{_fmt(r['host_rss_mb'], '.0f')} |")
+    lines += ["", "Memory: what each pipeline added, loaded and after one edit (device: the driver's total − free, so "
+              "ONNX Runtime, TensorRT and CUDA-graph pools count; host: resident set size).",
+              "", "Stage breakdown (ms; diffusers' denoise is its UNet calls, the rest of its loop is host overhead):",
               "", "| pipeline | " + " | ".join(STAGE_ORDER) + " | per step | denoise TFLOP/s | denoise % of peak |",
               "|---|" + "---|" * (len(STAGE_ORDER) + 3)]
     for name, r in report["results"].items():

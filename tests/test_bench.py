@@ -27,6 +27,7 @@ def test_harness_writes_json_markdown_and_chart(report):
         assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert set(r["stages_ms"]) >= {"text_encode", "vae_encode", "denoise", "vae_decode", "host_overhead"}
         assert r["stages_ms"]["denoise"] > 0 and r["cold_start_ms"] > 0
+        assert r["device_memory_mb"] is None and r["host_rss_mb"] is not None  # a CPU run: host memory only
     assert saved["results"]["diffusers"]["ratio_vs_baseline"] == 1.0
     assert saved["header"]["versions"]["torch"] and saved["header"]["git_revision"] is not None
     assert "| rtcore onnx |" in (out / "bench_edit.md").read_text()
@@ -62,3 +63,20 @@ def test_peak_table():
     assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989
     assert peak_tflops("NVIDIA H100 PCIe", "fp16") == 756
     assert peak_tflops("cpu", "fp32") is None
+
+
+def test_kernel_report_rates_against_the_right_peak():
+    """Kernel rows: GB/s against HBM bandwidth, TFLOP/s against the peak of the arithmetic each impl runs on."""
+    from rtcore.bench.kernels import CASES, markdown, rates
+
+    assert rates(1.0, {"bytes": 3.35e9}, "rtcore", "NVIDIA H100 80GB HBM3") == {"GB/s": 3350.0, "of_peak": 1.0}
+    int8 = {"flops": 1979e9, "dtype": {"rtcore_int8": "int8", "torch_bf16": "bf16"}}
+    assert rates(1.0, int8, "rtcore_int8", "NVIDIA H100 80GB HBM3")["of_peak"] == pytest.approx(1.0)
+    assert rates(1.0, int8, "torch_bf16", "NVIDIA H100 80GB HBM3")["of_peak"] == pytest.approx(1979 / 989)
+    assert rates(1.0, int8, "torch_bf16", "Some GPU")["of_peak"] is None
+    assert len({name for name, _, _ in CASES}) == len(CASES) == 14
+    row = {"case": "qkv_attention D=40", "impl": "rtcore", "median_ms": 0.5, "p20_ms": 0.4, "p80_ms": 0.6,
+           "TFLOP/s": 1.0, "of_peak": None, "speedup_vs_baseline": 1.25, "baseline": "sdpa"}
+    text = markdown({"header": {"device_name": "NVIDIA H100", "date": "2026-11-23", "git_revision": "abc"},
+                     "timing": "do_bench", "results": [row]})
+    assert "| qkv_attention D=40 | rtcore | 0.500 | 0.400 | 0.600 | 1.0 TFLOP/s | — | 1.25 (vs sdpa) |" in text
