@@ -37,7 +37,7 @@ setup(
         "onnx-gpu": ["onnx", "onnxruntime-gpu"],
         "bench": ["pytest-benchmark", "matplotlib", "diffusers==0.42.1"],
         "serve": ["starlette", "uvicorn", "prometheus-client", "python-multipart"],
-        "ray": ["ray[serve]", "starlette", "python-multipart"],
+        "ray": ["ray[serve]", "starlette", "prometheus-client", "python-multipart"],
     },
     entry_points={"console_scripts": ["rtcore=rtcore.cli:main"]},
 )

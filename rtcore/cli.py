@@ -108,7 +108,8 @@ def _serve(args):
     from rtcore.serve import serve
 
     serve(args.model, host=args.host, port=args.port, backend=args.backend, device=args.device, dtype=args.dtype,
-          max_concurrency=args.max_concurrency, max_queue=args.max_queue, timeout_s=args.timeout, ray=args.ray,
+          max_concurrency=args.max_concurrency, max_queue=args.max_queue, timeout_s=args.timeout,
+          max_pixels=args.max_pixels, max_upload_bytes=args.max_upload_mb and args.max_upload_mb << 20, ray=args.ray,
           num_replicas=args.num_replicas)
 
 
@@ -168,6 +169,11 @@ def build_parser():
     srv.add_argument("--max-concurrency", type=int, default=1, help="edits running at once")
     srv.add_argument("--max-queue", type=int, default=8, help="edits waiting; beyond this: 429")
     srv.add_argument("--timeout", type=float, default=60.0, help="seconds per request; beyond this: 504")
+    srv.add_argument("--max-pixels", type=int, default=None,
+                     help="largest uploaded image, width x height, read from its header before decoding "
+                          "(default 2048x2048 = 4194304); beyond this: 413")
+    srv.add_argument("--max-upload-mb", type=int, default=None,
+                     help="largest request body in MiB, chunked bodies included (default 20); beyond this: 413")
     srv.add_argument("--ray", action="store_true", help="serve from Ray Serve replicas (pip install 'rtcore[ray]')")
     srv.add_argument("--num-replicas", type=int, default=1, help="Ray Serve replicas (one per GPU)")
     srv.set_defaults(run=_serve)

@@ -6,18 +6,55 @@ accepts); or a list of any of these, all the same size. Grayscale becomes RGB, a
 
 Sizes that are not a multiple of the VAE factor (8) are resized *down* to the nearest multiple, as diffusers
 does (PIL: Lanczos; arrays and tensors: nearest), so the same input gives the same pixels in both.
+
+Images over :data:`MAX_PIXELS` are refused before they are decoded or converted (:class:`ImageTooLarge`): a small
+compressed file can declare a size that takes gigabytes to decode, and the denoiser's memory grows with the area.
 """
+
+import io
 
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
 
+MAX_PIXELS = 4096 * 4096  # the library's limit per image; rtcore serve has its own, smaller --max-pixels
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # never a format PIL decodes with an outside program
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # 16-bit greyscale PNG/TIFF open in one of these
 
-def _to_tensor(image, name):
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than the limit in force (``rtcore serve`` answers it with 413)."""
+
+
+def check_pixels(width, height, max_pixels, name):
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{name}: {width}x{height} is {width * height} pixels, over the limit of {max_pixels} "
+                            "pixels; resize the image first")
+
+
+def _pil_to_rgb(image, name):
+    """Any PIL mode → RGB: alpha dropped, greyscale repeated, 16-bit greyscale scaled (not clipped) to 8 bits."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = PIL.Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        raise TypeError(f"{name}: 32-bit float PIL images ('F') have no agreed range; pass a float numpy array in "
+                        "[0, 1] instead")
+    try:
+        return image.convert("RGB")
+    except ValueError as err:
+        raise ValueError(f"{name}: PIL image mode {image.mode!r} cannot be converted to RGB ({err})") from None
+
+
+def _bad_dtype(kind, dtype, name):
+    raise TypeError(f"{name}: {kind} images must be uint8 (0..255) or floating point (0..1), got dtype {dtype}")
+
+
+def _to_tensor(image, name, max_pixels):
     """One user image (or batch) → (float32 tensor (B, C, H, W), None), or (None, RGB PIL image) for PIL input."""
     if isinstance(image, PIL.Image.Image):
-        return None, image.convert("RGB")
+        check_pixels(*image.size, max_pixels, name)  # before convert(), which decodes a lazily opened file
+        return None, _pil_to_rgb(image, name)
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
@@ -26,20 +63,29 @@ def _to_tensor(image, name):
             arr = arr[None]
         if arr.ndim != 4:
             raise ValueError(f"{name}: numpy images must be (H, W), (H, W, C) or (B, H, W, C); got shape {image.shape}")
+        if arr.size == 0:
+            raise ValueError(f"{name}: the numpy array is empty (shape {image.shape})")
+        check_pixels(arr.shape[2], arr.shape[1], max_pixels, name)
         if arr.dtype == np.uint8:
             arr = arr.astype(np.float32) / 255.0
         elif np.issubdtype(arr.dtype, np.floating):
             arr = arr.astype(np.float32)
         else:
-            raise TypeError(f"{name}: numpy images must be uint8 or float, got dtype {arr.dtype}")
+            _bad_dtype("numpy", arr.dtype, name)
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2))), None
     if torch.is_tensor(image):
-        t = image.detach().to("cpu", torch.float32)
-        if t.ndim == 3:
-            t = t[None]
-        if t.ndim != 4:
+        if image.ndim not in (3, 4):
             raise ValueError(f"{name}: tensor images must be (C, H, W) or (B, C, H, W); got shape {tuple(image.shape)}")
-        return t, None
+        if image.numel() == 0:
+            raise ValueError(f"{name}: the tensor is empty (shape {tuple(image.shape)})")
+        check_pixels(image.shape[-1], image.shape[-2], max_pixels, name)
+        if image.dtype == torch.uint8:  # what torchvision.io.read_image returns
+            t = image.detach().to("cpu", torch.float32) / 255.0
+        elif image.dtype.is_floating_point:
+            t = image.detach().to("cpu", torch.float32)
+        else:
+            _bad_dtype("tensor", image.dtype, name)
+        return (t[None] if t.ndim == 3 else t), None
     raise TypeError(f"{name} must be a PIL image, numpy array, torch tensor or a list of them; "
                     f"got {type(image).__name__}")
 
@@ -55,16 +101,18 @@ def _fix_channels(t, name):
     return t
 
 
-def preprocess(image, scale_factor=8, name="image"):
-    """User image(s) → float32 CPU tensor (B, 3, H, W) in [-1, 1], H and W multiples of ``scale_factor``."""
+def preprocess(image, scale_factor=8, name="image", max_pixels=None):
+    """User image(s) → float32 CPU tensor (B, 3, H, W) in [-1, 1], H and W multiples of ``scale_factor``.
+    ``max_pixels`` per image defaults to :data:`MAX_PIXELS`."""
     if image is None:
         raise ValueError(f"{name} is required: pass a PIL image, numpy array or torch tensor")
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     items = list(image) if isinstance(image, (list, tuple)) else [image]
     if not items:
         raise ValueError(f"{name} is an empty list")
     tensors = []
     for item in items:
-        t, pil = _to_tensor(item, name)
+        t, pil = _to_tensor(item, name, max_pixels)
         if pil is not None:
             w, h = (s - s % scale_factor for s in pil.size)
             if w == 0 or h == 0:
@@ -109,12 +157,29 @@ def postprocess(image, output_type):
     return [PIL.Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
 
 
-def load_image(path):
-    """Reads an image file as RGB (a clear FileNotFoundError / ValueError instead of PIL's traceback)."""
+def open_image(source, max_pixels=None, name="image"):
+    """An image file (a path, or its bytes) → RGB PIL image, its size checked against ``max_pixels`` (default
+    :data:`MAX_PIXELS`) from the header, before any pixel is decoded. Errors name ``name`` and what is accepted."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    what = "the uploaded file" if isinstance(source, (bytes, bytearray)) else f"file {source}"
     try:
-        with PIL.Image.open(path) as im:
-            return im.convert("RGB")
+        image = PIL.Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
+                               formats=IMAGE_FORMATS)  # reads the header only
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except PIL.UnidentifiedImageError:
-        raise ValueError(f"image file {path} is not an image PIL can read") from None
+        raise FileNotFoundError(f"{name}: image file not found: {source}") from None
+    except PIL.Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"{name}: {what} declares too many pixels ({err})") from None
+    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ValueError(f"{name}: {what} is not an image PIL can read as {'/'.join(IMAGE_FORMATS)}") from None
+    with image:
+        check_pixels(*image.size, max_pixels, name)
+        try:
+            image.load()
+        except (OSError, ValueError, SyntaxError, EOFError) as err:
+            raise ValueError(f"{name}: {what} is damaged or truncated ({err})") from None
+        return _pil_to_rgb(image, name)
+
+
+def load_image(path, max_pixels=None):
+    """Reads an image file as RGB (a clear FileNotFoundError / ValueError instead of PIL's traceback)."""
+    return open_image(path, max_pixels)

@@ -56,6 +56,9 @@ class DDIMConfig:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"scheduler config: prediction_type={self.prediction_type!r}; accepted: {PREDICTION_TYPES}")
+        if not 0 <= self.steps_offset < self.num_train_timesteps:
+            raise ValueError(f"scheduler config: steps_offset={self.steps_offset}; accepted: 0 <= steps_offset < "
+                             f"num_train_timesteps ({self.num_train_timesteps})")
         if self.thresholding:
             raise ValueError("scheduler config: thresholding=True (dynamic thresholding) is for pixel-space models "
                              "and is not supported by CycleDiffusion; set it to false")
@@ -100,7 +103,12 @@ def ddim_timesteps(cfg: DDIMConfig, num_inference_steps: int) -> np.ndarray:
     if cfg.timestep_spacing == "linspace":
         return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
     if cfg.timestep_spacing == "leading":
-        return (np.arange(0, n) * (T // n)).round()[::-1].astype(np.int64) + cfg.steps_offset
+        timesteps = (np.arange(0, n) * (T // n)).round()[::-1].astype(np.int64) + cfg.steps_offset
+        if timesteps[0] >= T:  # e.g. SD's steps_offset=1 with N = T: diffusers indexes past its table here
+            most = max(k for k in range(1, n) if (k - 1) * (T // k) + cfg.steps_offset < T)
+            raise ValueError(f"num_inference_steps={n} with this scheduler's steps_offset={cfg.steps_offset} reaches "
+                             f"timestep {timesteps[0]}, past the last trained one ({T - 1}); use at most {most}")
+        return timesteps
     return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
 
 

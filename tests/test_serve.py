@@ -1,90 +1,20 @@
 """The HTTP service, run for real with uvicorn on loopback: edits, validation, backpressure, timeouts,
 disconnects, metrics and memory over 200 requests."""
 
-import http.client
 import io
 import json
-import resource
 import socket
-import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-import uvicorn
+from http_helpers import FIELDS, Server, get, multipart, pixel_bomb, png, post, post_chunked, rss_mb
 
 from rtcore.demo import sample_image
 from rtcore.serve import create_app
-
-
-class Server:
-    """uvicorn in a background thread on 127.0.0.1 and an OS-chosen port; stopped by the fixture."""
-
-    def __init__(self, app):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def _png(image):
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def multipart(fields, image_bytes=None):
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    if image_bytes is not None:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="in.png"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + image_bytes + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-FIELDS = dict(prompt="An astronaut riding an elephant", source_prompt="An astronaut riding a horse",
-              num_inference_steps="4", seed="3")
-
-
-def post(port, fields=FIELDS, image=True, body=None, content_type=None, timeout=60):
-    if body is None:
-        body, content_type = multipart(fields, _png(sample_image(64, 64)) if image else None)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.request("POST", "/edit", body=body, headers={"Content-Type": content_type})
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, data
-
-
-def _rss_mb():
-    """Current resident set size (not the high-water mark, which earlier tests may already have set)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def get(port, path):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", path)
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, data
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +89,7 @@ def test_timeout_504_and_the_worker_is_freed(pipe):
 
 
 def test_client_disconnect_mid_request(server):
-    body, ctype = multipart(dict(FIELDS, num_inference_steps="200", strength="1.0"), _png(sample_image(64, 64)))
+    body, ctype = multipart(dict(FIELDS, num_inference_steps="200", strength="1.0"), png(sample_image(64, 64)))
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(b"POST /edit HTTP/1.1\r\nHost: x\r\nContent-Type: " + ctype.encode() +
                  f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -184,9 +114,57 @@ def test_200_requests_with_bounded_memory(server):
     fields = dict(FIELDS, num_inference_steps="1", strength="1.0")
     for _ in range(20):  # warm-up: allocator pools, caches
         post(server.port, fields=fields)
-    before = _rss_mb()
+    before = rss_mb()
     for _ in range(200):
         assert post(server.port, fields=fields)[0] == 200
-    grown_mb = _rss_mb() - before
+    grown_mb = rss_mb() - before
     print(f"resident memory grew {grown_mb:.1f} MiB over 200 requests")
     assert grown_mb < 50
+
+
+def test_pixel_bomb_is_refused_from_its_header(server):
+    """A few-KB PNG declaring 12000x12000 pixels: 413 naming the limit, fast, without decoding it."""
+    bomb = pixel_bomb()
+    assert len(bomb) < 200_000
+    before = rss_mb()
+    start = time.perf_counter()
+    status, data = post(server.port, image=bomb)
+    elapsed = time.perf_counter() - start
+    grown = rss_mb() - before
+    print(f"pixel bomb: {status} in {elapsed:.2f} s, resident memory +{grown:.0f} MiB")
+    assert status == 413 and "12000x12000" in json.loads(data)["error"] and "4194304" in json.loads(data)["error"]
+    assert elapsed < 2 and grown < 200
+
+
+def test_oversized_bodies_are_refused_with_or_without_content_length(server):
+    big = b"x" * ((20 << 20) + 1)
+    body, ctype = multipart(FIELDS, big)
+    assert post(server.port, body=body, content_type=ctype)[0] == 413
+    assert post_chunked(server.port, 24 << 20) == 413  # no Content-Length: counted as it streams in
+    assert post(server.port)[0] == 200  # and the service carries on
+
+
+def test_a_nan_edit_is_a_500_naming_the_cause(server):
+    status, data = post(server.port, fields=dict(FIELDS, guidance_scale="1e38"))  # overflows the latents
+    assert status == 500 and "NaN" in json.loads(data)["error"]
+
+
+def test_unexpected_errors_are_500_without_a_traceback():
+    from rtcore.service import status_of
+
+    status, kind, message = status_of(KeyError("secret internal detail"))
+    assert (status, kind) == (500, "internal") and "secret" not in message and "KeyError" in message
+
+
+@pytest.mark.parametrize("fields,needle", [
+    (dict(FIELDS, seed="-1"), "seed"),
+    (dict(FIELDS, seed=str(2**64)), "seed"),
+    (dict(FIELDS, strength="nan"), "strength"),
+    (dict(FIELDS, eta="inf"), "eta"),
+    (dict(FIELDS, guidance_scale="inf"), "guidance_scale"),
+    (dict(FIELDS, num_inference_steps="1e9"), "num_inference_steps"),
+    (dict(FIELDS, num_inference_steps="100000"), "num_inference_steps"),
+])
+def test_odd_numbers_in_the_form_are_400(server, fields, needle):
+    status, data = post(server.port, fields=fields)
+    assert status == 400 and needle in json.loads(data)["error"], data
