@@ -6,8 +6,9 @@ Trade-off: the projections are ONE GEMM against the concatenated [W_q; W_k; W_v]
 cross-attention), and the kernel reads heads out of that (B, S, 3·H·D) buffer through strides. So no transpose
 to (B, H, S, D) and no contiguous copy happen between the GEMM and the attention.
 
-Head dims 40, 64, 80 and 160 are padded to the next power of two and masked. Sequence lengths need not be
-multiples of the blocks, and L = 77 text tokens is one masked block. The VAE's single 512-wide head would need
+Head dims are covered by one or two power-of-two column tiles, masked: 64 is one tile, 40 = 32 + 16 (of 48),
+80 = 64 + 16 and 160 = 128 + 32 exactly (padding 160 to 256 wasted 37% of the work). Sequence lengths need not
+be multiples of the blocks, and L = 77 text tokens is one masked block. The VAE's single 512-wide head would need
 512 fp32 accumulators per row in registers. Heads wider than MAX_HEAD_DIM (256) therefore take a documented
 fallback: PyTorch SDPA on strided views of the same packed buffer (its memory-efficient kernel handles wide heads).
 """
@@ -23,6 +24,13 @@ MAX_HEAD_DIM = 256
 
 
 @triton.jit
+def _load_tile(ptr, base, rows, row_mask, stride, col, offs, D):
+    """Rows × head columns col + offs (masked to the head's D columns and to the valid rows)."""
+    return tl.load(ptr + base + rows[:, None].to(tl.int64) * stride + col + offs[None, :],
+                   mask=row_mask[:, None] & (offs < D)[None, :], other=0.0)
+
+
+@triton.jit
 def _attention_kernel(
     q_ptr,  # (B, S, ·) queries; head h at columns [h·D, (h+1)·D), row stride stride_qs
     k_ptr,  # (B, L, ·) keys, same column layout
@@ -30,39 +38,52 @@ def _attention_kernel(
     o_ptr,  # (B, S, H·D) output
     stride_qb, stride_qs, stride_kb, stride_ks, stride_vb, stride_vs, stride_ob, stride_os,
     H, S, L, D, qk_scale,  # qk_scale = softmax scale · log2(e): the kernel works in base 2
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
+    """The head's D columns are one tile of BLOCK_D or, when BLOCK_E > 0, two: [0, BLOCK_D) and
+    [BLOCK_D, BLOCK_D + BLOCK_E), each a power of two (160 = 128 + 32 instead of 256; 80 = 64 + 16 instead of 128).
+    Q·Kᵀ sums the two tiles' products; P·V fills the two accumulators."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     col = (bh % H) * D
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < S
     offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < D
-    q = tl.load(q_ptr + b * stride_qb + offs_m[:, None].to(tl.int64) * stride_qs + col + offs_d[None, :],
-                mask=(offs_m < S)[:, None] & d_mask[None, :], other=0.0)
+    q = _load_tile(q_ptr, b * stride_qb, offs_m, m_mask, stride_qs, col, offs_d, D)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    if BLOCK_E > 0:
+        offs_e = BLOCK_D + tl.arange(0, BLOCK_E)
+        q_e = _load_tile(q_ptr, b * stride_qb, offs_m, m_mask, stride_qs, col, offs_e, D)
+        acc_e = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for start in range(0, L, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < L
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_ptr + b * stride_kb + offs_n[:, None].to(tl.int64) * stride_ks + col + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        qk = tl.where(n_mask[None, :], qk, float("-inf"))
+        k = _load_tile(k_ptr, b * stride_kb, offs_n, n_mask, stride_ks, col, offs_d, D)
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        if BLOCK_E > 0:
+            k_e = _load_tile(k_ptr, b * stride_kb, offs_n, n_mask, stride_ks, col, offs_e, D)
+            qk += tl.dot(q_e, tl.trans(k_e), input_precision=PRECISION)
+        qk = tl.where(n_mask[None, :], qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + b * stride_vb + offs_n[:, None].to(tl.int64) * stride_vs + col + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        v = _load_tile(v_ptr, b * stride_vb, offs_n, n_mask, stride_vs, col, offs_d, D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        if BLOCK_E > 0:
+            v_e = _load_tile(v_ptr, b * stride_vb, offs_n, n_mask, stride_vs, col, offs_e, D)
+            acc_e = acc_e * alpha[:, None] + tl.dot(p.to(v_e.dtype), v_e, input_precision=PRECISION)
         m_i = m_new
-    acc = acc / l_i[:, None]
-    tl.store(o_ptr + b * stride_ob + offs_m[:, None].to(tl.int64) * stride_os + col + offs_d[None, :],
-             acc.to(o_ptr.dtype.element_ty), mask=(offs_m < S)[:, None] & d_mask[None, :])
+    out = o_ptr + b * stride_ob + offs_m[:, None].to(tl.int64) * stride_os + col
+    tl.store(out + offs_d[None, :], (acc / l_i[:, None]).to(o_ptr.dtype.element_ty),
+             mask=m_mask[:, None] & (offs_d < D)[None, :])
+    if BLOCK_E > 0:
+        tl.store(out + offs_e[None, :], (acc_e / l_i[:, None]).to(o_ptr.dtype.element_ty),
+                 mask=m_mask[:, None] & (offs_e < D)[None, :])
 
 
 def _heads(t, num_heads):
@@ -99,19 +120,35 @@ def _attention(q, k, v, num_heads, scale):
                                              scale=scale)
         return out.transpose(1, 2).reshape(b, s, hd)
     out = torch.empty((b, s, hd), device=q.device, dtype=q.dtype)
-    block_d = max(16, triton.next_power_of_2(d))
-    if q.dtype == torch.float32:  # "ieee" products run on FMA units: small tiles, else the registers spill
-        block_m, block_n, num_warps, num_stages = 32, 32 if block_d <= 128 else 16, 4 if block_d <= 32 else 8, 2
-    else:  # wgmma tiles: no register spills up to D = 128 on sm_90 (D = 256 spills a little whatever the tile)
-        block_m, block_n, num_warps, num_stages = (128, 64, 8, 3) if block_d <= 128 else (64, 32, 8, 3)
-    grid = (triton.cdiv(s, block_m), b * num_heads)
+    cfg = launch_config(d, q.dtype)
+    grid = (triton.cdiv(s, cfg["BLOCK_M"]), b * num_heads)
     _attention_kernel[grid](
         q, k, v, out, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), num_heads, s, k.shape[1], d, scale * 1.4426950408889634,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 inputs keep fp32 products
-        num_warps=num_warps, num_stages=num_stages)
+        out.stride(0), out.stride(1), num_heads, s, k.shape[1], d, scale * 1.4426950408889634, **cfg)
     return out
+
+
+def head_tiles(d):
+    """(BLOCK_D, BLOCK_E): one power-of-two tile of the head's columns, or two when that pads less. tl.dot needs
+    16 columns at least; two tiles are used only when they are narrower than one."""
+    single = max(16, triton.next_power_of_2(d))
+    first = max(16, single // 2 if single > d else single)
+    second = max(16, triton.next_power_of_2(d - first)) if d > first else 0
+    return (first, second) if second and first + second < single else (single, 0)
+
+
+def launch_config(d, dtype):
+    """The kernel's constants and launch options for head dim ``d`` (sm_90: bench/compile_sm90.py checks that
+    these compile without register spills at SD's head dims)."""
+    block_d, block_e = head_tiles(d)
+    width = block_d + block_e
+    if dtype == torch.float32:  # "ieee" products run on FMA units: small tiles, else the registers spill
+        block_m, block_n, num_warps, num_stages = 32, 32 if width <= 64 else 16, 4 if width <= 32 else 8, 2
+    else:  # wgmma tiles; 160 = 128 + 32 columns spill with any 128-row tile, and with 64 × 64
+        block_m, block_n, num_warps, num_stages = (128, 64, 8, 3) if width <= 128 else (64, 32, 8, 3)
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_E=block_e,
+                PRECISION="ieee" if dtype == torch.float32 else "tf32",  # fp32 inputs keep fp32 products
+                num_warps=num_warps, num_stages=num_stages)
 
 
 def qkv_attention(qkv, num_heads, scale=None):

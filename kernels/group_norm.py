@@ -23,6 +23,12 @@ from .runtime import check_device, on_device
 
 MAX_CHUNKS = 64  # partial statistics per group; a power of two (the apply kernel loads them as one block)
 SINGLE_PASS_MAX = 4096  # groups up to this many elements: one program loads, normalises and stores the group
+BLOCK = 1024  # elements per tile of the chunked kernels
+
+
+def single_pass_config(group_elems):
+    """Launch constants of the single-pass kernel: the whole group in one power-of-two block."""
+    return dict(BLOCK=triton.next_power_of_2(group_elems), num_warps=8 if group_elems > 2048 else 4)
 
 
 @triton.jit
@@ -232,19 +238,18 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, silu=False, resi
     if c_per_g * hw <= SINGLE_PASS_MAX:
         _group_norm_single_pass_kernel[(rows,)](
             *pointers, num_groups, c_per_g, hw, stride_n, stride_c, stride_p, *rstrides, eps, **flags,
-            BLOCK=triton.next_power_of_2(c_per_g * hw), num_warps=8 if c_per_g * hw > 2048 else 4)
+            **single_pass_config(c_per_g * hw))
         return y.squeeze(-1) if squeeze else y
 
     chunk, num_chunks = _chunking(c_per_g * hw)
     means = torch.empty((rows, num_chunks), device=x.device, dtype=torch.float32)
     m2s = torch.empty_like(means)
-    block = 1024
     _group_norm_stats_kernel[(rows, num_chunks)](
         x, means, m2s, num_groups, c_per_g, hw, stride_n, stride_c, stride_p, chunk, num_chunks,
-        CHANNELS_LAST=channels_last, BLOCK=block)
-    _group_norm_apply_kernel[(rows, triton.cdiv(c_per_g * hw, block))](
+        CHANNELS_LAST=channels_last, BLOCK=BLOCK)
+    _group_norm_apply_kernel[(rows, triton.cdiv(c_per_g * hw, BLOCK))](
         *pointers, means, m2s, num_groups, c_per_g, hw, stride_n, stride_c, stride_p, *rstrides, chunk, num_chunks,
-        eps, **flags, BLOCK=block, BLOCK_CHUNKS=triton.next_power_of_2(num_chunks))
+        eps, **flags, BLOCK=BLOCK, BLOCK_CHUNKS=triton.next_power_of_2(num_chunks))
     return y.squeeze(-1) if squeeze else y
 
 

@@ -15,6 +15,12 @@ import triton.language as tl
 from .runtime import check_device, on_device
 
 SCALE_FLOOR = 1e-8  # absmax floor: an all-zero row gets codes 0, not NaN
+GEMM_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)  # 4 warps spill on sm_90
+
+
+def quantize_block(k):
+    """Columns per tile of the quantize kernel: the whole row up to 1024."""
+    return min(1024, triton.next_power_of_2(k))
 
 
 @triton.jit
@@ -119,7 +125,7 @@ def quantize_int8(x):
     scales = torch.empty((m,), device=x.device, dtype=torch.float32)
     if m:
         _quantize_int8_kernel[(m,)](x, codes, scales, k, x.stride(0), SCALE_FLOOR,
-                                    BLOCK_K=min(1024, triton.next_power_of_2(k)))
+                                    BLOCK_K=quantize_block(k))
     return codes, scales
 
 
@@ -136,11 +142,10 @@ def int8_linear(x, w_codes, w_scales, bias=None):
     codes, scales = quantize_int8(x.reshape(-1, k))
     m = codes.shape[0]
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    block_m, block_n, block_k = 64, 64, 64
     if m:
-        _int8_matmul_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
+        _int8_matmul_kernel[(triton.cdiv(m, GEMM_CONFIG["BLOCK_M"]), triton.cdiv(n, GEMM_CONFIG["BLOCK_N"]))](
             codes, w_codes.contiguous(), scales, w_scales.float().contiguous(), bias if bias is not None else scales,
-            out, m, n, k, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+            out, m, n, k, HAS_BIAS=bias is not None, **GEMM_CONFIG)
     return out.reshape(*x.shape[:-1], n)
 
 

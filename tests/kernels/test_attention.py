@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rtcore.kernels.attention import MAX_HEAD_DIM, attention_ref, kv_attention, qkv_attention
+from rtcore.kernels.attention import MAX_HEAD_DIM, attention_ref, head_tiles, kv_attention, qkv_attention
 
 ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
@@ -52,6 +52,18 @@ def test_kv_attention_with_77_text_tokens(dtype, b, s, h, d):
     out = kv_attention(q, kv, h)
     k, v = kv.split(h * d, dim=-1)
     _check(out, q, k, v, h)
+
+
+@pytest.mark.interpreter
+def test_head_tiles_pad_sd_head_dims_less():
+    """SD's head dims in one or two power-of-two tiles: 80 and 160 exactly (one tile would pad them to 128 and
+    256), 40 to 48 (not 64), 64 as one tile; the two-tile path is what the cases above with d = 40/80/160 run."""
+    assert {d: head_tiles(d) for d in (40, 64, 80, 160)} == {40: (32, 16), 64: (64, 0), 80: (64, 16),
+                                                              160: (128, 32)}
+    for d in range(1, MAX_HEAD_DIM + 1):
+        first, second = head_tiles(d)
+        assert first + second >= d and first >= 16 and second in (0,) + tuple(2 ** i for i in range(4, 9))
+        assert first + second <= max(16, 2 ** (d - 1).bit_length())  # never more work than one padded tile
 
 
 @pytest.mark.interpreter
