@@ -1,4 +1,4 @@
-"""The ``rtcore`` command: edit, generate, img2img, export, serve, bench, demo."""
+"""The ``rtcore`` command: edit, generate, img2img, export, serve, bench, selfcheck, demo."""
 
 import argparse
 import sys
@@ -218,6 +218,8 @@ def build_parser():
     tr.set_defaults(run=_translate)
 
     sub.add_parser("bench", help="benchmark rtcore backends against diffusers (see rtcore bench --help)")
+    sub.add_parser("selfcheck", help="on a GPU: check and measure every GPU path, write docs/BENCHMARKS.md "
+                                     "(see rtcore selfcheck --help)")
     demo = sub.add_parser("demo", help="edit a drawn sample image with the tiny random checkpoint (offline)")
     demo.add_argument("--out-dir", default="demo_out", help="where before.png and after.png go")
     demo.add_argument("--steps", type=int, default=50)
@@ -236,6 +238,10 @@ def main(argv=None):
 
         bench_main(argv[1:])
         return 0
+    if argv[:1] == ["selfcheck"]:  # its own options too: rtcore selfcheck --help
+        from rtcore.bench.selfcheck import main as selfcheck_main
+
+        return selfcheck_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

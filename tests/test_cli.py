@@ -78,3 +78,34 @@ def test_generate_and_img2img(tiny_sd1, input_png, tmp_path):
     assert PIL.Image.open(out2).size == (64, 48)
     result = rtcore("generate", "--model", str(tiny_sd1), "--prompt", "a", "--out", str(out), "--height", "50")
     assert result.returncode == 2 and "--overwrite" in result.stderr
+
+
+def test_selfcheck_without_a_gpu_prints_its_plan_and_exits_0(capsys):
+    """CI's path through `rtcore selfcheck --device cuda`: no CUDA here, so it says what it would run, runs
+    nothing and leaves docs/BENCHMARKS.md alone."""
+    from rtcore.bench.selfcheck import DOCS
+    from rtcore.cli import main
+
+    before = DOCS.read_text()
+    assert main(["selfcheck", "--device", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "no CUDA device here" in out
+    for step in ("gpu tests", "drift", "graphs", "kernels", "sd15", "sd21", "docs"):
+        assert f". {step}: " in out
+    assert "--peers diffusers-compile,diffusers" in out and DOCS.read_text() == before
+
+
+def test_selfcheck_writes_only_between_its_markers(tmp_path):
+    from rtcore.bench.selfcheck import DOCS, END, START, markdown, psnr, write_gpu_sections
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(DOCS.read_text())
+    hdr = {"device_name": "NVIDIA H100 80GB HBM3", "device": "cuda", "date": "2026-11-23", "git_revision": "abc",
+           "versions": {"torch": "2.13.0", "triton": "3.9.0", "onnxruntime": "1.31.1"}}
+    results = {"gpu tests": "passed", "drift": ([("eager", "fp16", psnr([0.5], [0.5 + 1e-3]), "ok")],
+                                                [("eager", 3, "ok")])}
+    write_gpu_sections(markdown(hdr, results), doc)
+    text = doc.read_text()
+    assert text.split(START)[0] == DOCS.read_text().split(START)[0]
+    assert text.split(END)[1] == DOCS.read_text().split(END)[1]
+    assert "| eager | fp16 | 60.0 | ok |" in text and "NVIDIA H100 80GB HBM3" in text
