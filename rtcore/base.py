@@ -4,19 +4,20 @@ timing per stage, and turning final latents into images with a NaN check.
 A pipeline object holds no per-call state, so concurrent calls from several threads are safe.
 """
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .cycle import draw_noise
 from .engines import BACKENDS, Engines, eager_engines, resolve_device, resolve_dtype
 from .images import postprocess
 from .manifest import MANIFEST, validate
+from .schedule import is_real
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -30,21 +31,39 @@ class PipelineOutput:
 
 
 
-def check_number(value, name, low=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+MAX_IMAGES_PER_CALL = 256  # outputs of one call (batch x num_images_per_prompt): beyond this, memory runs out first
+
+
+def check_number(value, name):
+    if not is_real(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
 
 
 def check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-def check_output_type(output_type):
+def check_output(output_type, return_dict, callback, callback_steps):
+    """The output and progress arguments every pipeline call takes, checked before any work."""
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if not isinstance(return_dict, bool):
+        raise TypeError(f"return_dict must be True or False, got {return_dict!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function (step, timestep, latents) or None, got "
+                        f"{type(callback).__name__}")
+    check_positive_int(callback_steps, "callback_steps")
+
+
+def output_count(batch, num_images_per_prompt):
+    """The number of images a call makes: batch x num_images_per_prompt, bounded."""
+    check_positive_int(num_images_per_prompt, "num_images_per_prompt")
+    n = batch * int(num_images_per_prompt)
+    if n > MAX_IMAGES_PER_CALL:
+        raise ValueError(f"num_images_per_prompt: {batch} inputs x {num_images_per_prompt} = {n} images in one call; "
+                         f"at most {MAX_IMAGES_PER_CALL} (split the work over several calls)")
+    return n
 
 
 def batch_size(**lists):

@@ -19,13 +19,13 @@ from .base import (
     broadcast,
     check_generator,
     check_number,
-    check_output_type,
-    check_positive_int,
+    check_output,
+    output_count,
     stage,
 )
 from .cycle import step_mean
 from .dpm import dpm_sample, dpm_table
-from .images import preprocess
+from .images import MAX_PIXELS, check_pixels, preprocess
 from .prompts import as_prompt_list, encode_prompts
 from .schedule import step_table
 
@@ -68,8 +68,7 @@ class StableDiffusion(Pipeline):
         prompts = as_prompt_list(prompt, "prompt")
         negatives = as_prompt_list("" if negative_prompt is None else negative_prompt, "negative_prompt")
         batch = batch_size(prompt=prompts, negative_prompt=negatives, image=[None] * n_images)
-        check_positive_int(num_images_per_prompt, "num_images_per_prompt")
-        n = batch * num_images_per_prompt
+        n = output_count(batch, num_images_per_prompt)
         return broadcast(prompts, n), broadcast(negatives, n), batch, n
 
     def _run(self, prompts, negatives, guidance_scale, loop, output_type, return_dict, timings):
@@ -87,10 +86,10 @@ class StableDiffusion(Pipeline):
         return lambda context: sample(eng.unet, table, guidance_scale, x, context, eng.dtype, noise, callback,
                                       callback_steps)
 
-    def _check_common(self, guidance_scale, output_type, callback_steps):
+    def _check_common(self, guidance_scale, eta, output_type, return_dict, callback, callback_steps):
         check_number(guidance_scale, "guidance_scale")
-        check_output_type(output_type)
-        check_positive_int(callback_steps, "callback_steps")
+        check_number(eta, "eta")  # DPM++ does not use it; a wrong type is still a mistake worth naming
+        check_output(output_type, return_dict, callback, callback_steps)
 
     def text_to_image(self, prompt, height=None, width=None, num_inference_steps=50, guidance_scale=7.5,
                       negative_prompt=None, num_images_per_prompt=1, eta=0.0, generator=None, output_type="pil",
@@ -100,13 +99,14 @@ class StableDiffusion(Pipeline):
         eng = self.engines
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-        self._check_common(guidance_scale, output_type, callback_steps)
+        self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
         f = eng.vae_scale_factor
         default = eng.fixed_size or (512, 512)
         height, width = height or default[0], width or default[1]
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < f or value % f:
                 raise ValueError(f"{name} must be a positive multiple of {f}, got {value!r}")
+        check_pixels(width, height, MAX_PIXELS, "height x width")
         if eng.fixed_size is not None and (height, width) != tuple(eng.fixed_size):
             raise ValueError(f"height/width: this {eng.backend} engine was built for {eng.fixed_size[1]}x"
                              f"{eng.fixed_size[0]}; rebuild it with --height/--width")
@@ -132,7 +132,7 @@ class StableDiffusion(Pipeline):
         """SDEdit: noises the encoded image to strength·T and denoises it toward ``prompt``
         (diffusers' StableDiffusionImg2ImgPipeline with DDIM)."""
         eng = self.engines
-        self._check_common(guidance_scale, output_type, callback_steps)
+        self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
         pixels = preprocess(image, eng.vae_scale_factor)
         if eng.fixed_size is not None and tuple(pixels.shape[2:]) != tuple(eng.fixed_size):
             raise ValueError(f"image: this {eng.backend} engine was built for {eng.fixed_size[1]}x"

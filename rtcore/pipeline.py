@@ -25,8 +25,8 @@ from .base import (
     broadcast,
     check_generator,
     check_number,
-    check_output_type,
-    check_positive_int,
+    check_output,
+    output_count,
     stage,
 )
 from .cycle import Guidance, denoise, noisy_steps
@@ -87,13 +87,12 @@ class CycleDiffusion(Pipeline):
                         generator, timings):
         """Validates the source side; returns (table, x0, z, step_noise, source prompt per item)."""
         eng = self.engines
-        check_positive_int(num_images_per_prompt, "num_images_per_prompt")
+        n = output_count(batch, num_images_per_prompt)
         if eng.fixed_size is not None and tuple(pixels.shape[2:]) != tuple(eng.fixed_size):
             raise ValueError(f"image: this {eng.backend} engine was built for {eng.fixed_size[1]}x{eng.fixed_size[0]} "
                              f"images, got {pixels.shape[3]}x{pixels.shape[2]}; resize the image or rebuild the "
                              "engine with --height/--width")
         table = step_table(eng.scheduler, num_inference_steps, strength, eta)
-        n = batch * num_images_per_prompt
         check_generator(generator, n)
         x0, z, step_noise = self._noised_latents(pixels, n, generator, table, len(noisy_steps(table)), timings)
         return table, x0, z, step_noise, broadcast(sources, n)
@@ -136,8 +135,7 @@ class CycleDiffusion(Pipeline):
         if not isinstance(source, EncodedSource):
             raise TypeError(f"source must be the EncodedSource returned by encode(), got {type(source).__name__}")
         check_number(guidance_scale, "guidance_scale")
-        check_output_type(output_type)
-        check_positive_int(callback_steps, "callback_steps")
+        check_output(output_type, return_dict, callback, callback_steps)
         targets = as_prompt_list(prompt, "prompt")
         n = batch_size(prompt=targets, source=[None] * source.num_items)
         guidance = Guidance(guidance_scale=guidance_scale)
@@ -157,8 +155,7 @@ class CycleDiffusion(Pipeline):
                  return_dict=True, callback=None, callback_steps=1):
         check_number(guidance_scale, "guidance_scale")
         check_number(source_guidance_scale, "source_guidance_scale")
-        check_output_type(output_type)
-        check_positive_int(callback_steps, "callback_steps")
+        check_output(output_type, return_dict, callback, callback_steps)
         targets = as_prompt_list(prompt, "prompt")
         sources = as_prompt_list(source_prompt, "source_prompt")
         pixels = preprocess(image, self.engines.vae_scale_factor)

@@ -112,15 +112,21 @@ def ddim_timesteps(cfg: DDIMConfig, num_inference_steps: int) -> np.ndarray:
     return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
 
 
+def is_real(value):
+    """A finite real number: a Python or numpy int or float, never a bool (``strength=True`` is not 1.0)."""
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
+
+
 def validate_steps(num_inference_steps, strength, eta, cfg: DDIMConfig):
     """Checks the loop parameters; returns K = int(N·s), the number of steps that will run."""
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
         raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
     if not 1 <= num_inference_steps <= cfg.num_train_timesteps:
         raise ValueError(f"num_inference_steps must be in [1, {cfg.num_train_timesteps}], got {num_inference_steps}")
-    if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-    if not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+    if not is_real(strength) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    if not is_real(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     k = min(int(num_inference_steps * strength), num_inference_steps)
     if k == 0:

@@ -46,6 +46,24 @@ def call(pipe, **overrides):
     (dict(generator=42), TypeError, "generator"),
     (dict(output_type="jpeg"), ValueError, "output_type"),
     (dict(callback_steps=0), ValueError, "callback_steps"),
+    # bool is not a number, and odd shapes, types and sizes are named, not a deep error
+    (dict(strength=True), ValueError, "strength"),
+    (dict(eta=True), ValueError, "eta"),
+    (dict(num_images_per_prompt=True), ValueError, "num_images_per_prompt"),
+    (dict(num_images_per_prompt=10**6), ValueError, "num_images_per_prompt"),
+    (dict(num_inference_steps=1000), ValueError, "num_inference_steps"),  # steps_offset=1 reaches timestep 1000
+    (dict(image=np.zeros((0, 64, 3), np.uint8)), ValueError, "image"),
+    (dict(image=np.zeros((0, 64, 64, 3), np.uint8)), ValueError, "image"),
+    (dict(image=torch.zeros(3, 0, 64)), ValueError, "image"),
+    (dict(image=torch.zeros(3, 64, 64, dtype=torch.int64)), TypeError, "image"),
+    (dict(image=np.zeros((64, 64, 3), bool)), TypeError, "image"),
+    (dict(image=np.zeros((64, 64, 2), np.uint8)), ValueError, "image"),
+    (dict(image=torch.zeros(1, 1, 3, 64, 64)), ValueError, "image"),
+    (dict(image=PIL.Image.new("F", (64, 64))), TypeError, "image"),
+    (dict(image=PIL.Image.new("La", (64, 64))), ValueError, "image"),
+    (dict(image=np.zeros((4104, 4104), np.uint8)), ValueError, "over the limit"),
+    (dict(callback="print"), TypeError, "callback"),
+    (dict(return_dict="no"), TypeError, "return_dict"),
 ])
 def test_bad_call_arguments(pipe, overrides, exc, name):
     with pytest.raises(exc, match=name):
@@ -76,7 +94,13 @@ def _size(result):
     np.asarray(sample_image(64, 64).convert("L")),  # HW grayscale
     torch.from_numpy(np.asarray(sample_image(64, 64), dtype=np.float32) / 255.0).permute(2, 0, 1),  # CHW [0, 1]
     torch.from_numpy(np.asarray(sample_image(64, 64), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1),  # [-1, 1]
-], ids=["gray", "rgba", "palette", "np-uint8", "np-float", "np-gray", "pt", "pt-signed"])
+    torch.from_numpy(np.asarray(sample_image(64, 64))).permute(2, 0, 1),  # uint8 CHW, as torchvision reads files
+    torch.from_numpy(np.asarray(sample_image(64, 64))).permute(2, 0, 1)[None],  # uint8 BCHW
+    sample_image(64, 64).convert("CMYK"),
+    PIL.Image.fromarray(np.asarray(sample_image(64, 64).convert("L")).astype(np.uint16) * 257),  # 16-bit grey
+    np.asarray(sample_image(64, 64), dtype=np.float16) / 255,
+], ids=["gray", "rgba", "palette", "np-uint8", "np-float", "np-gray", "pt", "pt-signed", "pt-uint8", "pt-uint8-batch",
+        "cmyk", "grey16", "np-float16"])
 def test_odd_but_valid_images(pipe, image):
     out = call(pipe, image=image)
     assert _size(out) == (64, 64) and np.isfinite(out.images).all()
@@ -86,8 +110,85 @@ def test_rgb_inputs_agree_across_types(pipe):
     pil = sample_image(64, 64)
     arr = np.asarray(pil)
     tensor = torch.from_numpy(arr.astype(np.float32) / 255).permute(2, 0, 1)
-    outs = [call(pipe, image=im).images for im in (pil, arr, tensor)]
-    assert np.abs(outs[0] - outs[1]).max() < 1e-6 and np.abs(outs[0] - outs[2]).max() < 1e-6
+    uint8_tensor = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    outs = [call(pipe, image=im).images for im in (pil, arr, tensor, uint8_tensor)]
+    for other in outs[1:]:
+        assert np.abs(outs[0] - other).max() < 1e-6
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(pipe):
+    from rtcore.images import preprocess
+
+    grey8 = np.asarray(sample_image(64, 64).convert("L"))
+    grey16 = PIL.Image.fromarray(grey8.astype(np.uint16) * 257)
+    assert grey16.mode.startswith("I")
+    np.testing.assert_array_equal(preprocess(grey16), preprocess(PIL.Image.fromarray(grey8)))
+
+
+def test_numpy_scalars_are_numbers(pipe):
+    out = call(pipe, strength=np.float32(1.0), eta=np.float64(0.1), num_inference_steps=np.int64(4),
+               guidance_scale=np.float32(7.5))
+    np.testing.assert_array_equal(out.images, call(pipe, eta=0.1).images)
+
+
+def test_image_file_decompression_bomb_is_refused_before_decoding(tmp_path):
+    import time
+
+    from rtcore.images import ImageTooLarge, load_image
+
+    path = tmp_path / "bomb.png"
+    PIL.Image.new("1", (12000, 12000)).save(path)
+    start = time.perf_counter()
+    with pytest.raises(ImageTooLarge, match="12000x12000.*over the limit"):
+        load_image(path)
+    assert time.perf_counter() - start < 1
+
+
+@pytest.mark.parametrize("data,needle", [(b"", "not an image"), (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not an image")])
+def test_unreadable_or_outside_format_files_are_refused(tmp_path, data, needle):
+    from rtcore.images import load_image
+
+    path = tmp_path / "in.png"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=needle):
+        load_image(path)
+
+
+def test_truncated_image_file_is_a_clear_error(tmp_path):
+    from rtcore.images import load_image
+
+    full = tmp_path / "full.png"
+    sample_image(64, 64).save(full)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(full.read_bytes()[:200])
+    with pytest.raises(ValueError, match="damaged or truncated"):
+        load_image(cut)
+
+
+@pytest.mark.parametrize("kwargs,exc,name", [
+    (dict(height=10**6, width=10**6), ValueError, "height x width"),
+    (dict(eta=True), ValueError, "eta"),
+    (dict(callback=3), TypeError, "callback"),
+    (dict(num_images_per_prompt=1000), ValueError, "num_images_per_prompt"),
+])
+def test_text_to_image_bad_arguments(pipe, kwargs, exc, name):
+    from rtcore import StableDiffusion
+
+    with pytest.raises(exc, match=name):
+        StableDiffusion(pipe.engines).text_to_image("a", **dict(dict(height=64, width=64, num_inference_steps=2),
+                                                                **kwargs))
+
+
+@pytest.mark.parametrize("kwargs,exc,name", [(dict(strength=True), ValueError, "strength"),
+                                             (dict(image=torch.zeros(3, 64, 0)), ValueError, "image")])
+def test_img2img_and_encode_bad_arguments(pipe, kwargs, exc, name):
+    from rtcore import StableDiffusion
+
+    args = dict(dict(image=sample_image(64, 64), num_inference_steps=2), **kwargs)
+    with pytest.raises(exc, match=name):
+        StableDiffusion(pipe.engines).img2img("a", **args)
+    with pytest.raises(exc, match=name):
+        pipe.encode(source_prompt="a", **args)
 
 
 @pytest.mark.parametrize("image,expected", [(sample_image(70, 53), (48, 64)),
