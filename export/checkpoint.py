@@ -20,8 +20,10 @@ from .vae import AutoencoderKL, VAEConfig
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+# what a hub download fetches: configs, safetensors weights, the tokenizer, and the safety checker's image
+# preprocessing (feature_extractor/), which safety_checker=True needs; never pickle weights
 HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "*/*.safetensors.index.json",
-                "scheduler/*.json", "tokenizer/*"]
+                "scheduler/*.json", "tokenizer/*", "feature_extractor/*.json"]
 
 CONVERT_HINT = ("convert it once with: python -c \"import torch, safetensors.torch as st; "
                 "st.save_file(torch.load('IN.bin', weights_only=True), 'OUT.safetensors')\" "

@@ -25,6 +25,7 @@ from .prompts import tokenize
 from .schedule import StepTable
 
 DEFAULT_EDIT = dict(num_inference_steps=50, strength=0.8, eta=0.1)
+CPP_PREDICTION_TYPES = ("epsilon", "v_prediction")  # what cmake/src/rtcore_embed.cpp's split() computes
 
 
 def table_text(table: StepTable):
@@ -45,6 +46,12 @@ def write_request(pipe, out_dir, image, source_prompt, prompt, num_inference_ste
     """Writes the request files for one image (the same draws as ``pipe(...)`` with the same generator)."""
     if guidance_scale <= 1.0:
         raise ValueError("guidance_scale must be > 1 for the C++ runner's 3-row loop")
+    cfg = pipe.engines.scheduler
+    if cfg.clip_sample or cfg.prediction_type not in CPP_PREDICTION_TYPES:
+        # rtcore-run implements the x̂0/ε split for these and no clamp: anything else would compute wrong latents
+        raise ValueError(f"scheduler config: the C++ runner supports prediction_type {CPP_PREDICTION_TYPES} without "
+                         f"clip_sample; this checkpoint has prediction_type={cfg.prediction_type!r}, "
+                         f"clip_sample={cfg.clip_sample}: run it from Python")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pixels = preprocess(image, pipe.engines.vae_scale_factor)

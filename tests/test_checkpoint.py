@@ -111,3 +111,19 @@ def test_runtime_import_does_not_load_the_export_stack():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hub_download_fetches_what_the_safety_checker_needs_and_no_pickles():
+    """The allow-list goes through huggingface_hub's own filter, as snapshot_download applies it."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from rtcore.export.checkpoint import HUB_PATTERNS
+
+    repo = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.bin", "safety_checker/config.json", "safety_checker/model.safetensors",
+            "safety_checker/pytorch_model.bin", "feature_extractor/preprocessor_config.json",
+            "tokenizer/vocab.json", "tokenizer/merges.txt", "scheduler/scheduler_config.json", "v1-5.ckpt"]
+    fetched = set(filter_repo_objects(repo, allow_patterns=HUB_PATTERNS))
+    assert {"safety_checker/config.json", "safety_checker/model.safetensors",
+            "feature_extractor/preprocessor_config.json", "tokenizer/merges.txt"} <= fetched
+    assert not {p for p in fetched if p.endswith((".bin", ".ckpt"))}

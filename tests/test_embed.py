@@ -75,3 +75,15 @@ def test_cpp_runner_refuses_engines_with_python_ops(runner, compile_dir, tmp_pat
     result = subprocess.run([str(runner), str(engine), str(tmp_path), str(tmp_path / "o.f32")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "--kernels or --int8" in result.stderr
+
+
+@pytest.mark.parametrize("change", [dict(clip_sample=True), dict(prediction_type="sample")])
+def test_requests_the_cpp_runner_would_compute_wrongly_are_refused(pipe, tmp_path, change):
+    import dataclasses
+
+    from rtcore import CycleDiffusion
+
+    engines = dataclasses.replace(pipe.engines, scheduler=dataclasses.replace(pipe.engines.scheduler, **change))
+    with pytest.raises(ValueError, match="C\\+\\+ runner supports"):
+        write_request(CycleDiffusion(engines), tmp_path / "request", sample_image(64, 64), "a", "b")
+    assert not (tmp_path / "request").exists()

@@ -48,6 +48,9 @@ Request load_request(const std::string& dir) {
   int64_t n, c, h, w, s;
   if (!(meta >> n >> c >> h >> w >> s >> r.guidance_scale >> r.prediction_type))
     throw std::runtime_error(dir + "/meta.txt: expected 'N C h w S guidance_scale prediction_type'");
+  if (r.prediction_type != "epsilon" && r.prediction_type != "v_prediction")
+    throw std::runtime_error(dir + "/meta.txt: prediction_type " + r.prediction_type +
+                             " is not supported (epsilon or v_prediction)");
   r.input_ids = read_raw(dir + "/input_ids.i64", {3, 77}, torch::kInt64);
   r.x0 = read_raw(dir + "/x0.f32", {n, c, h, w}, torch::kFloat32);
   r.z = read_raw(dir + "/z.f32", {n, c, h, w}, torch::kFloat32);
