@@ -1,8 +1,9 @@
 """Image I/O: user images in, (B, 3, H, W) tensors in [-1, 1] out; latents decoded back to PIL / numpy / torch.
 
 Accepted inputs, like diffusers: a PIL image; a numpy array (H, W), (H, W, C) or (B, H, W, C), uint8 in [0, 255]
-or float in [0, 1]; a torch tensor (C, H, W) or (B, C, H, W) in [0, 1] (or [-1, 1], which diffusers also
-accepts); or a list of any of these, all the same size. Grayscale becomes RGB, an alpha channel is dropped.
+or float in [0, 1]; a torch tensor (C, H, W) or (B, C, H, W), uint8 in [0, 255] or float in [0, 1] (or [-1, 1],
+which diffusers also accepts); or a list of any of these, all the same size. Grayscale becomes RGB, an alpha
+channel is dropped.
 
 Sizes that are not a multiple of the VAE factor (8) are resized *down* to the nearest multiple, as diffusers
 does (PIL: Lanczos; arrays and tensors: nearest), so the same input gives the same pixels in both.

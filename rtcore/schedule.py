@@ -103,12 +103,7 @@ def ddim_timesteps(cfg: DDIMConfig, num_inference_steps: int) -> np.ndarray:
     if cfg.timestep_spacing == "linspace":
         return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
     if cfg.timestep_spacing == "leading":
-        timesteps = (np.arange(0, n) * (T // n)).round()[::-1].astype(np.int64) + cfg.steps_offset
-        if timesteps[0] >= T:  # e.g. SD's steps_offset=1 with N = T: diffusers indexes past its table here
-            most = max(k for k in range(1, n) if (k - 1) * (T // k) + cfg.steps_offset < T)
-            raise ValueError(f"num_inference_steps={n} with this scheduler's steps_offset={cfg.steps_offset} reaches "
-                             f"timestep {timesteps[0]}, past the last trained one ({T - 1}); use at most {most}")
-        return timesteps
+        return (np.arange(0, n) * (T // n)).round()[::-1].astype(np.int64) + cfg.steps_offset
     return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
 
 
@@ -173,6 +168,10 @@ def step_table(cfg: DDIMConfig, num_inference_steps: int, strength: float = 1.0,
     acp = alphas_cumprod(cfg)
     final = 1.0 if cfg.set_alpha_to_one else acp[0]
     ts = ddim_timesteps(cfg, num_inference_steps)[num_inference_steps - k:]
+    if ts[0] >= cfg.num_train_timesteps:  # SD's steps_offset=1 with N = T and strength 1: diffusers indexes past
+        raise ValueError(f"num_inference_steps={num_inference_steps} at strength {strength} starts at timestep "
+                         f"{ts[0]} (steps_offset={cfg.steps_offset}), past the last trained one "
+                         f"({cfg.num_train_timesteps - 1}); use fewer steps or a lower strength")
     prev = ts - cfg.num_train_timesteps // num_inference_steps
     alpha = acp[ts]
     alpha_prev = np.where(prev >= 0, acp[np.clip(prev, 0, None)], final)

@@ -170,6 +170,8 @@ def test_truncated_image_file_is_a_clear_error(tmp_path):
     (dict(eta=True), ValueError, "eta"),
     (dict(callback=3), TypeError, "callback"),
     (dict(num_images_per_prompt=1000), ValueError, "num_images_per_prompt"),
+    (dict(num_inference_steps=999, scheduler="dpm++2m"), ValueError, "num_inference_steps"),
+    (dict(num_inference_steps=1000), ValueError, "num_inference_steps"),
 ])
 def test_text_to_image_bad_arguments(pipe, kwargs, exc, name):
     from rtcore import StableDiffusion
