@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .cycle import split_prediction
-from .schedule import DDIMConfig, alphas_cumprod, validate_steps
+from .schedule import DDIMConfig, alphas_cumprod, check_within_schedule, validate_steps
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,7 @@ def dpm_table(cfg: DDIMConfig, num_inference_steps) -> DPMTable:
     validate_steps(num_inference_steps, 1.0, 0.0, cfg)
     acp = alphas_cumprod(cfg)
     ts = dpm_timesteps(cfg, num_inference_steps)
-    if ts[0] >= cfg.num_train_timesteps:  # "leading" with steps_offset=1 and N ≥ T − 1: past the trained table
-        raise ValueError(f"num_inference_steps={num_inference_steps} starts DPM-Solver++ at timestep {ts[0]} "
-                         f"(steps_offset={cfg.steps_offset}), past the last trained one "
-                         f"({cfg.num_train_timesteps - 1}); use fewer steps")
+    check_within_schedule(cfg, ts, num_inference_steps)
     all_sigmas = np.sqrt((1 - acp) / acp).astype(np.float32)  # diffusers keeps these in float32
     sig = np.interp(ts, np.arange(len(all_sigmas)), all_sigmas)
     sig = np.concatenate([sig, [0.0]]).astype(np.float32).astype(np.float64)

@@ -101,11 +101,17 @@ def _digest(manifest):
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def _listed_files(engine_dir):
+    """Every file of an engine directory but the manifest: relative POSIX path → Path, in sorted order."""
+    root = Path(engine_dir)
+    files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+    files.pop(MANIFEST, None)
+    return files
+
+
 def directory_files(engine_dir):
     """Every file of an engine directory but the manifest, as relative POSIX paths → sha256."""
-    root = Path(engine_dir)
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).as_posix() != MANIFEST}
+    return {rel: sha256_file(path) for rel, path in _listed_files(engine_dir).items()}
 
 
 def write_manifest(engine_dir, manifest):
@@ -138,15 +144,15 @@ def validate(engine_dir, device, check_hashes=True):
             raise EngineMismatch(f"{engine_dir}: built with {dist} {built}, but {dist} {now} is installed; {how}")
     if DEVICE_BOUND[backend] and m.get("device") != device_info(device):
         raise EngineMismatch(f"{engine_dir}: built for {m.get('device')}, not {device_info(device)}; {how}")
-    present = {p.relative_to(engine_dir).as_posix() for p in engine_dir.rglob("*") if p.is_file()} - {MANIFEST}
-    added = sorted(present - set(m["files"]))  # an added tokenizer file, say, would change the output
+    present = _listed_files(engine_dir)
+    added = sorted(set(present) - set(m["files"]))  # an added tokenizer file, say, would change the output
     if added:
         raise EngineMismatch(f"{engine_dir}: {added[0]} is not part of this engine (the manifest does not list it); "
                              f"remove it or {how}")
     for rel, digest in m["files"].items():
         if rel not in present:
             raise EngineMismatch(f"{engine_dir}: {rel} is missing; {how}")
-        if check_hashes and sha256_file(engine_dir / rel) != digest:
+        if check_hashes and sha256_file(present[rel]) != digest:
             raise EngineMismatch(f"{engine_dir}: {rel} is corrupted or truncated (sha256 mismatch); {how}")
     return m
 

@@ -107,6 +107,16 @@ def ddim_timesteps(cfg: DDIMConfig, num_inference_steps: int) -> np.ndarray:
     return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
 
 
+def check_within_schedule(cfg: DDIMConfig, timesteps, num_inference_steps):
+    """Refuses a step list that starts past the last trained timestep. SD's ``steps_offset=1`` puts the first
+    "leading" timestep at T when N = T (DDIM at strength 1) or N >= T - 1 (DPM++): diffusers indexes past its
+    table there, or interpolates to repeated σ and divides by zero."""
+    if timesteps[0] >= cfg.num_train_timesteps:
+        raise ValueError(f"num_inference_steps={num_inference_steps} starts at timestep {timesteps[0]} "
+                         f"(steps_offset={cfg.steps_offset}), past the last trained one "
+                         f"({cfg.num_train_timesteps - 1}); use fewer steps (or, for an edit, a lower strength)")
+
+
 def is_real(value):
     """A finite real number: a Python or numpy int or float, never a bool (``strength=True`` is not 1.0)."""
     return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
@@ -168,10 +178,7 @@ def step_table(cfg: DDIMConfig, num_inference_steps: int, strength: float = 1.0,
     acp = alphas_cumprod(cfg)
     final = 1.0 if cfg.set_alpha_to_one else acp[0]
     ts = ddim_timesteps(cfg, num_inference_steps)[num_inference_steps - k:]
-    if ts[0] >= cfg.num_train_timesteps:  # SD's steps_offset=1 with N = T and strength 1: diffusers indexes past
-        raise ValueError(f"num_inference_steps={num_inference_steps} at strength {strength} starts at timestep "
-                         f"{ts[0]} (steps_offset={cfg.steps_offset}), past the last trained one "
-                         f"({cfg.num_train_timesteps - 1}); use fewer steps or a lower strength")
+    check_within_schedule(cfg, ts, num_inference_steps)  # the steps that run: N = T at strength 0.3 is fine
     prev = ts - cfg.num_train_timesteps // num_inference_steps
     alpha = acp[ts]
     alpha_prev = np.where(prev >= 0, acp[np.clip(prev, 0, None)], final)
