@@ -1,6 +1,8 @@
-"""Engine builders: a checkpoint → an engine directory (ONNX, AOTInductor, TensorRT), and the content-keyed cache.
+"""Engine builders: a checkpoint → an engine directory (ONNX, OpenVINO, AOTInductor, TensorRT), and the content-keyed
+cache.
 
     build("path/to/checkpoint", "engines/sd15-onnx", backend="onnx", dtype="fp32", height=512, width=512)
+    build("path/to/checkpoint", "engines/sd15-ov-bf16", backend="openvino", dtype="bf16")  # fp32 ONNX, run in bf16
     engine_dir = cached_build("path/to/checkpoint", backend="onnx")   # ~/.cache/rtcore/… built once, then reused
 
 Each model is exported from its declared contract (``contracts.py``) into its own subfolder, so that the external
@@ -25,6 +27,7 @@ from rtcore.manifest import (
     DEVICE_BOUND,
     FORMAT_VERSION,
     EngineMismatch,
+    cache_root,
     commit_directory,
     device_info,
     recorded_versions,
@@ -39,12 +42,8 @@ from . import compile_flags
 from .checkpoint import load_checkpoint, resolve
 from .contracts import contracts
 
-BACKENDS = ("onnx", "compile", "tensorrt")
+BACKENDS = ("onnx", "openvino", "compile", "tensorrt")
 ONNX_OPSET = 18
-
-
-def cache_root():
-    return Path(os.environ.get("RTCORE_CACHE", Path.home() / ".cache" / "rtcore"))
 
 
 def fingerprint(root) -> str:
@@ -109,13 +108,18 @@ def _check_options(backend, dtype, kernels, int8, device):
         require_tensorrt()
         if device.type != "cuda":
             raise ValueError("backend 'tensorrt' builds for a GPU: pass device='cuda'")
-    if backend == "onnx":
+    if backend == "openvino":
+        from rtcore.backends import require_openvino
+
+        require_openvino(device)
+    if backend in ("onnx", "openvino"):
         try:
             import onnx  # noqa: F401
         except ImportError:
-            raise ValueError("backend 'onnx' needs the onnx package to export: pip install 'rtcore[onnx]'") from None
-    if dtype != torch.float32 and device.type == "cpu" and backend != "onnx":
-        raise ValueError(f"dtype {dtype} builds need device='cuda' for the {backend} backend")
+            raise ValueError(f"backend {backend!r} needs the onnx package to export: pip install 'rtcore[onnx]'") \
+                from None
+    if dtype == torch.float16 and device.type == "cpu" and backend == "compile":
+        raise ValueError("fp16 compile builds need device='cuda'; on the CPU use dtype bf16 (avx512_bf16/AMX) or fp32")
 
 
 def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None, batch=1, kernels=False,
@@ -138,8 +142,10 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
 
         for model in (ckpt.unet, ckpt.vae):
             patch(model, group_norm=kernels, attention=kernels, int8=int8)
+    # an openvino engine is the fp32 ONNX graph: its dtype is the precision OpenVINO compiles it for at load
+    export_dtype = torch.float32 if backend == "openvino" else dtype
     for model in (ckpt.unet, ckpt.vae, ckpt.text_encoder):
-        model.to(device, dtype).eval()
+        model.to(device, export_dtype).eval()
     if backend == "compile" and device.type == "cuda":
         ckpt.unet.to(memory_format=torch.channels_last)
         ckpt.vae.to(memory_format=torch.channels_last)
@@ -149,10 +155,10 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
     tmp.mkdir()
     try:
         models = {}
-        for name, contract in contracts(ckpt, height, width, batch, device, dtype).items():
+        for name, contract in contracts(ckpt, height, width, batch, device, export_dtype).items():
             folder = tmp / name
             folder.mkdir()
-            if backend == "onnx":
+            if backend in ("onnx", "openvino"):
                 artifact = _export_onnx(contract, folder)
             elif backend == "compile":
                 artifact = _export_aoti(contract, folder, device)
@@ -178,7 +184,8 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
             "int8": bool(int8),
             "checkpoint": {"path": str(root), "fingerprint": checkpoint_fingerprint or fingerprint(root)},
             "shapes": {"height": height, "width": width, "batch": batch,
-                       "fixed_size": backend != "onnx"},  # ONNX engines take any size; the others are built for one
+                       # ONNX graphs take any size; the AOTInductor and TensorRT artifacts are built for one
+                       "fixed_size": backend not in ("onnx", "openvino")},
             "config": {"scaling_factor": ckpt.vae.config.scaling_factor,
                        "vae_scale_factor": ckpt.vae.config.scale_factor,
                        "latent_channels": ckpt.vae.config.latent_channels},

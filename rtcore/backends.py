@@ -3,9 +3,12 @@
 (Named ``backends`` and not ``load``: a submodule ``rtcore.load`` would replace the function ``rtcore.load`` on the
 package the first time it is imported.)
 
-ONNX models run in ONNX Runtime sessions: the CPU EP, or the CUDA EP with I/O binding (device tensors in and
-out, no host copies) where onnxruntime-gpu is installed. ``Engines.providers`` reports the providers that each
-session really runs (``session.get_providers()``), not the ones that are merely available. AOTInductor packages
+ONNX models run in ONNX Runtime sessions (``onnx``): the CPU EP, or the CUDA EP with I/O binding (device tensors in
+and out, no host copies) where onnxruntime-gpu is installed. ``Engines.providers`` reports the providers that each
+session really runs (``session.get_providers()``), not the ones that are merely available. An ``openvino`` engine
+directory holds the same ONNX files, compiled at load by OpenVINO's CPU plugin; its manifest's dtype is OpenVINO's
+inference precision (``bf16`` runs convolutions, GEMMs and attention in bf16 on CPUs with avx512_bf16 or AMX), and
+compiled models go to OpenVINO's model cache, so a second load skips compilation. AOTInductor packages
 (``compile``) load with ``torch._inductor.aoti_load_package``, and TensorRT plans with the TensorRT runtime.
 """
 
@@ -16,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .engines import Engines, resolve_device, resolve_dtype
-from .manifest import validate
+from .manifest import cache_root, validate
 from .schedule import DDIMConfig
 
 # ONNX element types for IOBinding; numpy has no bfloat16, so every type is given as its TensorProto number
@@ -109,6 +112,53 @@ class OrtModel:
         return out[0] if len(out) == 1 else out
 
 
+# OpenVINO's names for the manifest's dtypes. The hint is always set: left alone, OpenVINO picks bf16 by itself on a
+# CPU with avx512_bf16, so an "fp32" engine would silently run in bf16.
+OPENVINO_PRECISION = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+class OpenVinoModel:
+    """One ONNX model compiled by OpenVINO for the CPU, behind the engine call signature.
+
+    Threads: ``torch.get_num_threads()`` at load (one stream, latency mode), so that a process that pins torch to
+    N threads gets N here too, and OpenVINO's pool never competes with torch's. An infer request is not
+    thread-safe: calls take turns on one request (a UNet call already uses every thread).
+    """
+
+    def __init__(self, path, inputs, outputs, dtype, cache_dir=None):
+        import openvino as ov
+
+        self.config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[dtype],
+                       "INFERENCE_NUM_THREADS": torch.get_num_threads(), "NUM_STREAMS": 1,
+                       "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(cache_dir or cache_root() / "openvino")}
+        self.compiled = ov.Core().compile_model(str(path), "CPU", self.config)
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()
+        self.inputs, self.outputs = inputs, outputs
+        self.input_dtypes = {n: torch.int64 if self.compiled.input(n).get_element_type() == ov.Type.i64
+                             else torch.float32 for n in inputs}
+        self.output_ports = [self.compiled.output(n) for n in outputs]
+
+    def __call__(self, *args):
+        # numpy has no bfloat16: the graph's inputs are fp32 (or int64 token ids) whatever the inference precision
+        feed = {n: t.detach().to("cpu", self.input_dtypes[n]).contiguous().numpy() for n, t in zip(self.inputs, args)}
+        with self.lock:
+            result = self.request.infer(feed, share_inputs=True)  # outputs are copied out of the request
+            out = tuple(torch.from_numpy(result[port]) for port in self.output_ports)
+        return out[0] if len(out) == 1 else out
+
+
+def require_openvino(device):
+    """The openvino backend's preconditions, as one clear error: the package, and a CPU device."""
+    if torch.device(device).type != "cpu":
+        raise ValueError("backend 'openvino' runs on the CPU (its CPU plugin): pass device='cpu', or use the onnx, "
+                         "compile or tensorrt backend on a GPU")
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        raise ValueError("backend 'openvino' needs OpenVINO: pip install 'rtcore[openvino]'") from None
+
+
 def _load_aoti(path, device):
     """An AOTInductor package. On CUDA its default thread-safe runner records and queries a CUDA event per call,
     which a graph capture forbids, so it runs single-threaded, and a lock provides the thread safety instead."""
@@ -126,11 +176,13 @@ def _load_aoti(path, device):
     return run
 
 
-def _load_model(backend, engine_dir, entry, device, providers):
+def _load_model(backend, engine_dir, entry, device, dtype, providers):
     path = engine_dir / entry["file"]
     inputs, outputs = tuple(entry["inputs"]), tuple(entry["outputs"])
     if backend == "onnx":
         return OrtModel(path, inputs, outputs, device, providers)
+    if backend == "openvino":
+        return OpenVinoModel(path, inputs, outputs, dtype)
     if backend == "compile":
         return _load_aoti(path, device)
     from .tensorrt_engine import TensorRTModel, require_tensorrt
@@ -148,9 +200,11 @@ def load_engines(engine_dir, device="cpu", providers=None, check_hashes=True) ->
     backend = manifest["backend"]
     if manifest.get("kernels") or manifest.get("int8"):
         import rtcore.kernels  # noqa: F401  registers torch.ops.rtcore.*, which the engines' graphs call
-    models = {name: _load_model(backend, engine_dir, entry, device, providers)
-              for name, entry in manifest["models"].items()}
+    if backend == "openvino":
+        require_openvino(device)
     dtype = resolve_dtype(manifest["dtype"])
+    models = {name: _load_model(backend, engine_dir, entry, device, dtype, providers)
+              for name, entry in manifest["models"].items()}
     cfg = manifest["config"]
     shapes = manifest["shapes"]
     scheduler = json.loads((engine_dir / "scheduler" / "scheduler_config.json").read_text())

@@ -17,7 +17,7 @@ import torch
 
 from .schedule import DDIMConfig
 
-BACKENDS = ("eager", "onnx", "compile", "tensorrt")
+BACKENDS = ("eager", "onnx", "openvino", "compile", "tensorrt")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}  # as manifests write them

@@ -27,6 +27,11 @@ class EngineMismatch(ValueError):
     """An engine directory that cannot be used as it is: built for other versions, another GPU, or corrupted."""
 
 
+def cache_root():
+    """Where built engines (and OpenVINO's compiled blobs) are cached: $RTCORE_CACHE, else ~/.cache/rtcore."""
+    return Path(os.environ.get("RTCORE_CACHE", Path.home() / ".cache" / "rtcore"))
+
+
 def sha256_file(path, chunk=1 << 22):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -60,11 +65,13 @@ def device_info(device):
 # What each backend's artifacts are tied to: a change in any of these invalidates an engine directory.
 BACKEND_DEPENDENCIES = {
     "onnx": (),  # ONNX files are portable across onnxruntime versions and devices
+    "openvino": (),  # the same ONNX files; OpenVINO's compiled-blob cache is keyed by its own version and CPU
     "compile": ("torch",),  # AOTInductor packages hold code generated for one torch version and device
     "tensorrt": ("tensorrt",),  # TensorRT plans are tied to the TensorRT version and the GPU model
 }
-DEVICE_BOUND = {"onnx": False, "compile": True, "tensorrt": True}
-RECORDED_VERSIONS = ("rtcore", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "triton", "tensorrt", "transformers")
+DEVICE_BOUND = {"onnx": False, "openvino": False, "compile": True, "tensorrt": True}
+RECORDED_VERSIONS = ("rtcore", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "triton", "tensorrt",
+                     "transformers")
 
 
 def recorded_versions():
