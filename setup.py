@@ -1,6 +1,6 @@
 """rtcore: a compiled-kernel inference runtime for Stable Diffusion image editing (CycleDiffusion).
 
-The top-level folders are subpackages of one distribution (DESIGN §1): kernels/ → rtcore.kernels,
+The top-level folders are subpackages of one distribution (docs/DESIGN.md §1): kernels/ → rtcore.kernels,
 export/ → rtcore.export, bench/ → rtcore.bench. torch is required but never pinned to a build, so installing
 rtcore does not replace an installed torch (install torch first: the CPU or CUDA build you want).
 """

@@ -1,4 +1,4 @@
-"""rtcore.kernels: Triton kernels, one op per file, each with its pure-torch reference (DESIGN §5).
+"""rtcore.kernels: Triton kernels, one op per file, each with its pure-torch reference (docs/DESIGN.md §5).
 
     group_norm.py  GroupNorm (+ SiLU, + residual): NCHW and channels_last, chunked Welford statistics
     attention.py   qkv_attention / kv_attention: flash-style attention reading packed QKV / KV GEMM outputs

@@ -1,4 +1,4 @@
-"""The CycleDiffusion loop (DESIGN §3): random draws, the σ-free update, and the denoising loop itself.
+"""The CycleDiffusion loop (docs/DESIGN.md §3): random draws, the σ-free update, and the denoising loop itself.
 
 Per step t → t' with the scalars of a :class:`~rtcore.schedule.StepTable` (a = √ᾱ_t, b = √(1−ᾱ_t),
 a' = √ᾱ_{t'}, σ, c):

@@ -40,7 +40,7 @@ CycleDiffusionOutput = PipelineOutput  # the name diffusers users look for
 
 @dataclass
 class EncodedSource:
-    """The source half of an edit: the noised start z and, per step, the residual y' − μ_src (DESIGN §3)."""
+    """The source half of an edit: the noised start z and, per step, the residual y' − μ_src (docs/DESIGN.md §3)."""
 
     table: StepTable
     z: torch.Tensor  # (N, C, h, w) float32 on the engine device

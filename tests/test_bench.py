@@ -45,7 +45,7 @@ def test_compare_flags_regressions(report):
 
 
 def test_flop_counts_match_design_at_sd15_shapes(tmp_path):
-    """DESIGN §7: UNet 0.80 TFLOP per row, VAE encode 1.12, decode 2.52, CLIP 13 GFLOP per prompt (512², SD 1.5)."""
+    """docs/DESIGN.md §7: UNet 0.80 TFLOP per row, VAE encode 1.12, decode 2.52, CLIP 13 GFLOP/prompt (SD 1.5, 512²)."""
     from rtcore.export.tiny import CLIP_L14, SD15_UNET, SD_VAE
 
     for name, cfg in (("unet", SD15_UNET), ("vae", SD_VAE), ("text_encoder", CLIP_L14)):
@@ -56,7 +56,7 @@ def test_flop_counts_match_design_at_sd15_shapes(tmp_path):
     assert flops["vae_encode"] / 1e12 == pytest.approx(1.12, rel=0.01)
     assert flops["vae_decode"] / 1e12 == pytest.approx(2.52, rel=0.01)
     assert flops["text_encode"] / 1e9 == pytest.approx(13, rel=0.03)
-    assert flops["denoise"] / 1e12 == pytest.approx(0.80 * 3 * 40, rel=0.01)  # ≈ 96 TFLOP: DESIGN's 3-row edit
+    assert flops["denoise"] / 1e12 == pytest.approx(0.80 * 3 * 40, rel=0.01)  # ≈ 96 TFLOP: docs/DESIGN.md §7, 3 rows
 
 
 def test_peak_table():

@@ -1,4 +1,4 @@
-"""The loop against an independent float64 implementation of DESIGN §3 (ε- and v-prediction), and the cases
+"""The loop against an independent float64 implementation of docs/DESIGN.md §3 (ε- and v-prediction), and the cases
 where diffusers is wrong: v-prediction, η = 0, and set_alpha_to_one=True."""
 
 import json
@@ -23,7 +23,7 @@ def _alphas64(cfg):
 
 
 def reference_edit(checkpoint, embed, pixels, steps, strength, w, w_s, eta, seed):
-    """DESIGN §3 written the way the paper and diffusers write it (z_t = (y' − μ_src)/σ), all in float64."""
+    """docs/DESIGN.md §3 written the way the paper and diffusers write it (z_t = (y' − μ_src)/σ), all in float64."""
     cfg = DDIMConfig.from_dict(json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text()))
     assert cfg.beta_schedule == "scaled_linear" and eta > 0
     unet, vae = load_unet(checkpoint / "unet").double(), load_vae(checkpoint / "vae").double()
@@ -108,7 +108,7 @@ def test_set_alpha_to_one_is_finite_where_diffusers_is_nan(tiny_alpha_one, image
                                                     requires_safety_checker=False)
     oracle.set_progress_bar_config(disable=True)
     ref = oracle(generator=torch.Generator().manual_seed(0), **args).images
-    assert np.isnan(ref).all()  # the bug rtcore's σ-free update removes (DESIGN §3)
+    assert np.isnan(ref).all()  # the bug rtcore's σ-free update removes (docs/DESIGN.md §3)
 
 
 def test_eta_zero_is_the_limit_of_small_eta(pipe, image):

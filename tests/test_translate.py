@@ -1,4 +1,4 @@
-"""Two-model CycleDiffusion against an independent float64 implementation of DESIGN §3 with two networks:
+"""Two-model CycleDiffusion against an independent float64 implementation of docs/DESIGN.md §3 with two networks:
 pixel-space DDPMs (rtcore's UNet2DModel, itself checked against diffusers') and latent models sharing a VAE."""
 
 import shutil

@@ -104,7 +104,7 @@ torch::Tensor Engine::edit(const Request& r) {
       y_next = s.a_prev * r.x0 + (s.c / s.b_t) * (y - s.a_t * r.x0);
       if (s.sigma > 0) y_next = y_next + s.sigma * r.noise[noise_index++];
     }
-    // the sigma-free update of DESIGN 3: x' = mu_tgt + (y' - mu_src)
+    // the sigma-free update of docs/DESIGN.md section 3: x' = mu_tgt + (y' - mu_src)
     x = s.a_prev * x0_tgt + s.c * e_tgt + (y_next - (s.a_prev * x0_src + s.c * e_src));
     y = y_next;
   }
