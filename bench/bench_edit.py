@@ -3,14 +3,21 @@
     python -m rtcore.bench --preset tiny --backends eager,onnx,compile --peers diffusers --runs 7 --out bench_out
     rtcore bench --preset sd15 --device cuda --dtype fp16 --backends eager,compile,compile+kernels \\
                  --peers diffusers,diffusers-compile
+    rtcore bench --preset sd15 --size 256 --steps 10 --backends eager,openvino,openvino@bf16,openvino+int8@bf16 \\
+                 --peers diffusers-compile,diffusers --runs 2 --peak-memory      # the real-shape CPU comparison
+
+A backend spec is ``backend[+kernels][+int8][@dtype]``; ``@dtype`` overrides --dtype for that pipeline.
 
 Each pipeline is built (cold start: load, engine build, compile: timed apart), warmed up once, then all
 pipelines run interleaved, alternating the order from one round to the next, so that drift hits all of them alike.
-Each image is compared with rtcore eager's: a fast but wrong pipeline is reported as wrong. An extra
-instrumented run per pipeline gives the stage breakdown (text encode, VAE encode, denoise, VAE decode, host
-overhead). Stage FLOPs from the configs give the achieved TFLOP/s and, on a known GPU, the fraction of peak.
-Outputs: bench_edit.json, bench_edit.md, bench_edit.png (a stacked bar per pipeline), and with --compare OLD.json
-a list of regressions.
+Each image is compared with rtcore eager's (in --dtype): a fast but wrong pipeline is reported as wrong, and each
+pipeline's drift is its PSNR against it. An extra instrumented run per pipeline gives the stage breakdown (text
+encode, VAE encode, denoise, VAE decode, host overhead). Stage FLOPs from the configs give the achieved TFLOP/s
+and, on a known GPU, the fraction of peak. Cold start is timed apart: engine build (export, compile) and load.
+With --peak-memory each pipeline also runs alone in a fresh process (its engine already built, OpenVINO's model
+cache warm), which reports its cached load time, its first edit and the peak resident memory of the whole process
+(ru_maxrss). Outputs: bench_edit.json, bench_edit.md, bench_edit.png (a stacked bar per pipeline), and with
+--compare OLD.json a list of regressions.
 """
 
 import argparse
@@ -32,19 +39,35 @@ PRESETS = {  # preset → (image side, random checkpoint dtype on disk)
 STAGES = ("text_encode", "vae_encode", "denoise", "vae_decode")
 
 
-def _rtcore(spec, checkpoint, workdir, device, dtype, size, batch):
-    """'eager', 'onnx', 'compile+kernels', 'eager+kernels+int8' … → a CycleDiffusion pipeline."""
-    from rtcore import CycleDiffusion
+def parse_spec(spec, dtype):
+    """'eager', 'onnx', 'compile+kernels', 'openvino+int8@bf16' … → (backend, kernels, int8, torch dtype)."""
+    from rtcore.engines import resolve_dtype
 
+    spec, _, spec_dtype = spec.partition("@")
     backend, *flags = spec.split("+")
-    kernels, int8 = "kernels" in flags, "int8" in flags
+    return backend, "kernels" in flags, "int8" in flags, resolve_dtype(spec_dtype or dtype)
+
+
+def _rtcore(spec, checkpoint, workdir, device, dtype, size, batch):
+    """A backend spec → (where the pipeline loads from, its build time in s). Engines are built here, not loaded."""
+    backend, kernels, int8, dtype = parse_spec(spec, dtype)
     if backend == "eager":
-        return CycleDiffusion.from_pretrained(checkpoint, device=device, dtype=dtype, kernels=kernels, int8=int8)
+        return checkpoint, 0.0
     from rtcore.export.build import build
 
+    start = time.perf_counter()
     engine_dir = build(checkpoint, Path(workdir) / f"engine-{spec}", backend=backend, dtype=dtype, height=size,
                        width=size, batch=batch, kernels=kernels, int8=int8, device=device)
-    return CycleDiffusion.load(engine_dir, device)
+    return engine_dir, time.perf_counter() - start
+
+
+def _load_rtcore(spec, source, device, dtype):
+    from rtcore import CycleDiffusion
+
+    backend, kernels, int8, dtype = parse_spec(spec, dtype)
+    if backend == "eager":
+        return CycleDiffusion.from_pretrained(source, device=device, dtype=dtype, kernels=kernels, int8=int8)
+    return CycleDiffusion.load(source, device)
 
 
 def _diffusers(spec, checkpoint, device, dtype):
@@ -94,8 +117,51 @@ def _diffusers_stages(pipe, run, device):
     return times
 
 
+def _load(name, source, device, dtype):
+    """A pipeline name and where it loads from → (the pipeline, its load time in s)."""
+    start = time.perf_counter()
+    pipe = _load_rtcore(name[7:], source, device, dtype) if name.startswith("rtcore ") else \
+        _diffusers(name, source, device, dtype)
+    return pipe, time.perf_counter() - start
+
+
+def _child(payload):
+    """The body of an isolated measurement (``_isolated``): load, edit twice, report; prints one JSON line."""
+    import resource
+
+    from rtcore.demo import sample_image
+    from rtcore.engines import resolve_dtype
+
+    torch.set_num_threads(payload["threads"])
+    p = payload
+    pipe, load_s = _load(p["name"], p["source"], p["device"], resolve_dtype(p["dtype"]))
+    image = sample_image(p["size"], p["size"])
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        pipe(image=[image] * p["batch"], generator=[torch.Generator().manual_seed(k) for k in range(p["batch"])],
+             **p["args"])
+        times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"load_s": load_s, "first_edit_s": times[0], "edit_s": times[1], "peak_rss_mb": peak_mb}))
+
+
+def _isolated(name, source, device, dtype, threads, size, batch, args):
+    """Runs one pipeline alone in a fresh Python process: its cached load time, first edit and peak RSS."""
+    import subprocess
+    import sys
+
+    payload = dict(name=name, source=str(source), device=str(device), dtype=dtype, threads=threads, size=size,
+                   batch=batch, args={k: v for k, v in args.items() if k != "image"})
+    code = "import json, sys; from rtcore.bench.bench_edit import _child; _child(json.loads(sys.argv[1]))"
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(payload)], capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",), steps=50, strength=0.8,
-        guidance_scale=7.5, size=None, batch=1, dtype="fp32", runs=7, threads=1, device="cpu"):
+        guidance_scale=7.5, size=None, batch=1, dtype="fp32", runs=7, threads=1, device="cpu", peak_memory=False):
     from diffusers.utils import logging
 
     from rtcore.demo import sample_image
@@ -112,6 +178,7 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
     size = size or PRESETS[preset][0]
     names = [f"rtcore {b}" for b in backends] + list(peers)
     pipes, cold = {}, {}
+    checkpoint_given = checkpoint is not None
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
             checkpoint = make_random_checkpoint(Path(tmp) / preset, preset, dtype=PRESETS[preset][1])
@@ -119,17 +186,14 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         args = dict(prompt=["An astronaut riding an elephant"] * batch,
                     source_prompt=["An astronaut riding a horse"] * batch, image=[image] * batch,
                     num_inference_steps=steps, strength=strength, guidance_scale=guidance_scale, output_type="np")
-        calls, warmup, memory = {}, {}, {}
+        calls, warmup, memory, built, sources = {}, {}, {}, {}, {}
         for name in names:  # one pipeline at a time, so that the memory it adds is its own
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()  # the previous pipeline's cached blocks are not counted as this one's
             before = memory_mb(device)
-            start = time.perf_counter()
-            if name.startswith("rtcore "):
-                pipes[name] = _rtcore(name[7:], checkpoint, tmp, device, torch_dtype, size, batch)
-            else:
-                pipes[name] = _diffusers(name, checkpoint, device, torch_dtype)
-            cold[name] = time.perf_counter() - start
+            sources[name], built[name] = (_rtcore(name[7:], checkpoint, tmp, device, torch_dtype, size, batch)
+                                          if name.startswith("rtcore ") else (checkpoint, 0.0))
+            pipes[name], cold[name] = _load(name, sources[name], device, torch_dtype)
             calls[name] = synchronized(lambda p=pipes[name]: p(
                 generator=[torch.Generator().manual_seed(k) for k in range(batch)], **args), device)
             start = time.perf_counter()
@@ -149,6 +213,11 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
                 stages[name] = dict(outputs[name].timings)
             else:
                 stages[name] = _diffusers_stages(pipes[name], calls[name], device)
+        isolated = {}
+        if peak_memory:
+            for name in names:  # one process each, after the timed runs: nothing else is loaded in it
+                isolated[name] = _isolated(name, sources[name], device, dtype, torch.get_num_threads(), size, batch,
+                                           args)
         k = int(steps * strength)
         # rows per step and prompts encoded per edit: rtcore skips the unused unconditional source row (w_s = 1)
         # and encodes each distinct prompt once; diffusers runs 4 rows and 4 prompt encodings
@@ -156,7 +225,6 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
                  "diffusers": stage_flops(checkpoint, size, size, 4 if guidance_scale > 1 else 2, 4, k)}
 
     reference = outputs[names[0]].images
-    tol = 1e-3 if torch_dtype == torch.float32 else 3e-2
     hdr = header(device)
     results = {}
     base = summarize(times[names[-1]])["median_ms"] if peers else None
@@ -170,8 +238,13 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         achieved = {s: batch * fl[s] / (stage_ms[s] / 1e3) / 1e12 for s in STAGES if stage_ms[s] > 0}
         peak_tf = peak_tflops(hdr["device_name"], dtype) if torch.device(device).type == "cuda" else None
         err = float(np.abs(outputs[name].images - reference).max())
+        mse = float(np.mean((outputs[name].images.astype(np.float64) - reference) ** 2))
+        pipe_dtype = parse_spec(name[7:], dtype)[3] if name.startswith("rtcore ") else torch_dtype
+        tol = 1e-3 if pipe_dtype == torch.float32 == torch_dtype else 3e-2  # vs a reference in --dtype
         results[name] = dict(
-            t, warmup_ms=warmup[name] * 1e3, cold_start_ms=cold[name] * 1e3, stages_ms=stage_ms,
+            t, warmup_ms=warmup[name] * 1e3, build_ms=built[name] * 1e3, cold_start_ms=cold[name] * 1e3,
+            isolated=isolated.get(name), psnr_db_vs_rtcore_eager=10 * np.log10(1 / mse) if mse else float("inf"),
+            stages_ms=stage_ms,
             tflops=achieved, fraction_of_peak={s: v / peak_tf for s, v in achieved.items()} if peak_tf else None,
             device_memory_mb=memory[name][0], host_rss_mb=memory[name][1],
             ratio_vs_baseline=total_ms / base if base else None,
@@ -181,6 +254,7 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         "header": hdr,
         "settings": dict(preset=preset, size=size, steps=steps, strength=strength, guidance_scale=guidance_scale,
                          batch=batch, dtype=dtype, runs=runs, threads=torch.get_num_threads(),
+                         checkpoint=str(checkpoint) if checkpoint_given else None,
                          baseline=names[-1] if peers else None, flops=flops),
         "results": results,
     }
@@ -208,10 +282,12 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="bench_out")
     parser.add_argument("--compare", default=None, help="an earlier bench_edit.json: flag regressions")
+    parser.add_argument("--peak-memory", action="store_true",
+                        help="also run each pipeline alone in a fresh process: cached load, first edit, peak RSS")
     args = parser.parse_args(argv)
     report = run(args.preset, args.checkpoint, tuple(filter(None, args.backends.split(","))),
                  tuple(filter(None, args.peers.split(","))), args.steps, args.strength, args.guidance_scale,
-                 args.size, args.batch, args.dtype, args.runs, args.threads, args.device)
+                 args.size, args.batch, args.dtype, args.runs, args.threads, args.device, args.peak_memory)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.compare:

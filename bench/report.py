@@ -14,13 +14,21 @@ def markdown(report):
              f"steps × strength {s['strength']}, guidance {s['guidance_scale']}, {s['dtype']}, "
              f"{h['device_name']} ({h['device']}, {s['threads']} CPU thread(s)), {h['date']}, rev {h['git_revision']}",
              "", f"| pipeline | median ms | p20 ms | p80 ms | × {s['baseline'] or 'baseline'} | max abs err vs rtcore "
-             "eager | warm-up ms | cold start ms | device MiB | host RSS MiB |", "|---" * 10 + "|"]
+             "eager | PSNR dB | build s | load s | first edit ms | device MiB | host RSS MiB |", "|---" * 12 + "|"]
     for name, r in report["results"].items():
         err = f"{r['max_abs_err_vs_rtcore_eager']:.1e}" + ("" if r["correct"] else " **WRONG**")
         lines.append(f"| {name} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | {r['p80_ms']:.1f} | "
-                     f"**{_fmt(r['ratio_vs_baseline'], '.3f')}** | {err} | {r['warmup_ms']:.1f} | "
-                     f"{r['cold_start_ms']:.0f} | {_fmt(r['device_memory_mb'], '.0f')} | "
-                     f"{_fmt(r['host_rss_mb'], '.0f')} |")
+                     f"**{_fmt(r['ratio_vs_baseline'], '.3f')}** | {err} | {_fmt(r.get('psnr_db_vs_rtcore_eager'))} | "
+                     f"{_fmt(r.get('build_ms', 0) / 1e3)} | {r['cold_start_ms'] / 1e3:.1f} | {r['warmup_ms']:.0f} | "
+                     f"{_fmt(r['device_memory_mb'], '.0f')} | {_fmt(r['host_rss_mb'], '.0f')} |")
+    isolated = {n: r["isolated"] for n, r in report["results"].items() if r.get("isolated")}
+    if isolated:
+        lines += ["", "Each pipeline alone in a fresh process (engines built, caches warm): cached load, first and "
+                  "second edit, peak resident memory of the process.", "",
+                  "| pipeline | cached load s | first edit s | edit s | peak RSS MiB |", "|---|---|---|---|---|"]
+        for name, i in isolated.items():
+            lines.append(f"| {name} | " + (f"failed: {i['error']} | | | |" if "error" in i else
+                         f"{i['load_s']:.1f} | {i['first_edit_s']:.1f} | {i['edit_s']:.1f} | {i['peak_rss_mb']:.0f} |"))
     lines += ["", "Memory: what each pipeline added, loaded and after one edit (device: the driver's total − free, so "
               "ONNX Runtime, TensorRT and CUDA-graph pools count; host: resident set size).",
               "", "Stage breakdown (ms; diffusers' denoise is its UNet calls, the rest of its loop is host overhead):",

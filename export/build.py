@@ -88,6 +88,34 @@ def _export_aoti(contract, folder, device):
     return path
 
 
+def build_unet_package(checkpoint, folder, dtype, size, device="cpu"):
+    """The UNet alone as an AOTInductor package for images of ``size``², loaded: for row benchmarks (a whole
+    ``compile`` engine directory also compiles the VAE and the text encoder)."""
+    ckpt = load_checkpoint(resolve(checkpoint))
+    ckpt.unet.to(device, dtype).eval()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    contract = contracts(ckpt, size, size, 1, device, dtype)["unet"]
+    return torch._inductor.aoti_load_package(str(_export_aoti(contract, folder, device)))
+
+
+def compress_int8(onnx_path, folder):
+    """An ONNX model's linear layers (MatMul weights: attention projections, feed-forward, time embedding) as int8
+    with a per-channel scale and zero point (NNCF weight compression), saved as OpenVINO IR in ``folder``.
+    Convolutions keep their precision. With ``rtcore.backends.OPENVINO_INT8_GROUP`` set at compile time, OpenVINO
+    runs these layers as dynamically quantized int8 GEMMs."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        raise ValueError("int8 openvino engines need NNCF: pip install 'rtcore[openvino]'") from None
+    model = nncf.compress_weights(ov.Core().read_model(str(onnx_path)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    path = Path(folder) / "model.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return path
+
+
 def _export_tensorrt(contract, folder, dtype):
     from rtcore.tensorrt_engine import build_plan
 
@@ -99,9 +127,14 @@ def _export_tensorrt(contract, folder, dtype):
 def _check_options(backend, dtype, kernels, int8, device):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if (kernels or int8) and backend != "compile":
-        raise ValueError(f"kernels/int8 are Triton ops for the 'compile' (and eager) backends; the {backend} backend "
-                         "uses its own fused kernels: drop --kernels/--int8 or use --backend compile")
+    if kernels and backend != "compile":
+        raise ValueError(f"kernels are Triton ops for the 'compile' (and eager) backends; the {backend} backend "
+                         "uses its own fused kernels: drop --kernels or use --backend compile")
+    if int8 and backend not in ("compile", "openvino"):
+        raise ValueError(f"int8 is Triton dynamic quantization on the 'compile' backend or NNCF int8 linear layers on "
+                         f"the 'openvino' backend; the {backend} backend has none: drop --int8")
+    if int8 and backend == "openvino" and dtype != torch.bfloat16:
+        raise ValueError("int8 openvino engines run the rest of the UNet in bf16: pass dtype='bf16' (--dtype bf16)")
     if backend == "tensorrt":
         from rtcore.tensorrt_engine import require_tensorrt
 
@@ -137,7 +170,7 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
     ckpt = load_checkpoint(root)
     size = ckpt.unet.config.sample_size * ckpt.vae.config.scale_factor
     height, width = height or size, width or size
-    if kernels or int8:
+    if backend == "compile" and (kernels or int8):
         from .patch import patch
 
         for model in (ckpt.unet, ckpt.vae):
@@ -158,7 +191,12 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
         for name, contract in contracts(ckpt, height, width, batch, device, export_dtype).items():
             folder = tmp / name
             folder.mkdir()
-            if backend in ("onnx", "openvino"):
+            if backend == "openvino" and int8 and name == "unet":
+                onnx_folder = tmp / ".unet-onnx"  # the fp32 graph is only the input of the compression
+                onnx_folder.mkdir()
+                artifact = compress_int8(_export_onnx(contract, onnx_folder), folder)
+                shutil.rmtree(onnx_folder)
+            elif backend in ("onnx", "openvino"):
                 artifact = _export_onnx(contract, folder)
             elif backend == "compile":
                 artifact = _export_aoti(contract, folder, device)
@@ -167,6 +205,8 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
             models[name] = {"file": artifact.relative_to(tmp).as_posix(),
                             "inputs": list(contract.inputs), "outputs": list(contract.outputs),
                             "profile": contract.profile}
+            if backend == "openvino" and int8 and name == "unet":
+                models[name]["int8"] = True
         shutil.copytree(root / "tokenizer", tmp / "tokenizer")
         for optional in ("safety_checker", "feature_extractor"):  # used only when a pipeline asks for the checker
             if (root / optional).is_dir():

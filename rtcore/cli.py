@@ -153,7 +153,8 @@ def build_parser():
     export.add_argument("--width", type=int, default=None, help="image width of the shape profile")
     export.add_argument("--batch", type=int, default=1, help="images per call of the shape profile")
     export.add_argument("--kernels", action="store_true", help="Triton kernels (compile backend)")
-    export.add_argument("--int8", action="store_true", help="int8 dynamic quantization (compile backend)")
+    export.add_argument("--int8", action="store_true", help="int8 dynamic quantization: Triton GEMMs (compile backend, "
+                        "CUDA) or NNCF int8 linear layers (openvino backend, with --dtype bf16)")
     export.add_argument("--device", default="cpu", help="where to build (TensorRT and GPU compile need cuda)")
     export.add_argument("--out", required=True, help="engine directory to write")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

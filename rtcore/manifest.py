@@ -144,7 +144,8 @@ def validate(engine_dir, device, check_hashes=True):
     backend = m.get("backend")
     if backend not in BACKEND_DEPENDENCIES:
         raise EngineMismatch(f"{engine_dir}: unknown backend {backend!r}; {how}")
-    dependencies = BACKEND_DEPENDENCIES[backend] + (("triton",) if m.get("kernels") or m.get("int8") else ())
+    triton = backend == "compile" and (m.get("kernels") or m.get("int8"))  # Triton ops inside the compiled graphs
+    dependencies = BACKEND_DEPENDENCIES[backend] + (("triton",) if triton else ())
     for dist in dependencies:
         built, now = m["versions"].get(dist), version_of(dist)
         if built != now:

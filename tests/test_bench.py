@@ -13,24 +13,31 @@ from rtcore.bench.report import compare
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = main(["--preset", "tiny", "--backends", "eager,onnx", "--peers", "diffusers", "--steps", "5",
-                   "--runs", "2", "--out", str(out)])
+    result = main(["--preset", "tiny", "--backends", "eager,onnx,openvino@bf16", "--peers", "diffusers", "--steps",
+                   "5", "--runs", "2", "--peak-memory", "--out", str(out)])
     return result, out
 
 
 def test_harness_writes_json_markdown_and_chart(report):
     result, out = report
     saved = json.loads((out / "bench_edit.json").read_text())
-    assert set(saved["results"]) == {"rtcore eager", "rtcore onnx", "diffusers"}
+    assert set(saved["results"]) == {"rtcore eager", "rtcore onnx", "rtcore openvino@bf16", "diffusers"}
     for name, r in saved["results"].items():
         assert r["correct"], name
+        # each pipeline alone in its own process: a cached load, two edits and the process's peak memory
+        assert r["isolated"]["peak_rss_mb"] > 100 and r["isolated"]["edit_s"] > 0, r["isolated"]
         assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert set(r["stages_ms"]) >= {"text_encode", "vae_encode", "denoise", "vae_decode", "host_overhead"}
         assert r["stages_ms"]["denoise"] > 0 and r["cold_start_ms"] > 0
         assert r["device_memory_mb"] is None and r["host_rss_mb"] is not None  # a CPU run: host memory only
     assert saved["results"]["diffusers"]["ratio_vs_baseline"] == 1.0
+    eager, onnx, bf16 = (saved["results"][f"rtcore {b}"] for b in ("eager", "onnx", "openvino@bf16"))
+    assert eager["psnr_db_vs_rtcore_eager"] == float("inf") and eager["build_ms"] == 0
+    assert onnx["psnr_db_vs_rtcore_eager"] > 60 and onnx["build_ms"] > 0  # fp32 engines: rounding only
+    assert 25 < bf16["psnr_db_vs_rtcore_eager"] < 60  # bf16 really ran
     assert saved["header"]["versions"]["torch"] and saved["header"]["git_revision"] is not None
     assert "| rtcore onnx |" in (out / "bench_edit.md").read_text()
+    assert "| rtcore openvino@bf16 |" in (out / "bench_edit.md").read_text().split("fresh process")[1]
     assert (out / "bench_edit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -80,3 +87,26 @@ def test_kernel_report_rates_against_the_right_peak():
     text = markdown({"header": {"device_name": "NVIDIA H100", "date": "2026-11-23", "git_revision": "abc"},
                      "timing": "do_bench", "results": [row]})
     assert "| qkv_attention D=40 | rtcore | 0.500 | 0.400 | 0.600 | 1.0 TFLOP/s | — | 1.25 (vs sdpa) |" in text
+
+
+def test_unet_row_benchmark_times_every_cpu_engine(tiny_sd1, onnx_dir, tmp_path):
+    """The real-shape row benchmark, run on the tiny model: each engine timed, rated against the GEMM roofline
+    measured in the same run, and its drift against rtcore eager fp32."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from rtcore.bench.unet_row import main as unet_row
+
+    engines = "diffusers-fp32,eager-bf16,onnx-fp32,openvino-raw-f32,openvino-fp32,openvino-bf16,openvino-int8"
+    report = unet_row(["--checkpoint", str(tiny_sd1), "--onnx", str(onnx_dir), "--engines", engines,
+                       "--latents", "8,4", "--runs", "1", "--out", str(tmp_path)])
+    rows = {e: r["latents"][8] for e, r in report["results"].items()}
+    assert set(rows) == {"eager-fp32", *engines.split(",")}  # the drift reference runs too
+    assert rows["eager-fp32"]["psnr_db"] == float("inf") and rows["diffusers-fp32"]["ratio_vs_diffusers"] == 1.0
+    for engine in ("diffusers-fp32", "onnx-fp32", "openvino-raw-f32", "openvino-fp32"):
+        assert rows[engine]["psnr_db"] > 60, engine  # fp32 everywhere: the same maths up to rounding
+    for engine in ("eager-bf16", "openvino-bf16", "openvino-int8"):
+        assert 15 < rows[engine]["psnr_db"] < 60, engine  # reduced precision really ran
+    assert all(r["min_s"] > 0 and 0 < r["fraction_of_gemm"] for r in rows.values())
+    assert report["settings"]["gemm_gflops"]["fp32"] > 1 and report["settings"]["unet_gflop_per_row"][8] > 0
+    assert set(report["results"]["openvino-fp32"]["latents"]) == {8, 4}  # one engine, two latent sizes
+    assert "| openvino-int8 | 8×8 |" in (tmp_path / "unet_row.md").read_text()

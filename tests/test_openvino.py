@@ -31,13 +31,15 @@ def test_openvino_fp32_matches_eager(openvino_dirs, pipe, image, tmp_path, monke
     monkeypatch.setenv("RTCORE_CACHE", str(tmp_path))  # OpenVINO's compiled-model cache goes here
     engine = load(openvino_dirs["fp32"])
     assert engine.engines.backend == "openvino" and engine.engines.dtype == torch.float32
-    unet = engine.engines.unet
-    # the precision is set, never left to OpenVINO (which picks bf16 by itself on an avx512_bf16 CPU)
-    assert unet.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
-    assert int(unet.compiled.get_property("INFERENCE_NUM_THREADS")) == torch.get_num_threads()
     err = np.abs(_edit(engine, image) - _edit(pipe, image)).max()
     print(f"openvino fp32 vs eager fp32: {err:.2e}")
     assert err <= 2e-3
+    compiled = engine.engines.unet.compiled_model()
+    # the precision is set, never left to OpenVINO (which picks bf16 by itself on an avx512_bf16 CPU)
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == torch.get_num_threads()
+    # compiled for the shapes it was called with: 3 UNet rows (source, unconditional and target text) of 8×8
+    assert [tuple(p.get_shape()) for p in compiled.inputs] == [(3, 4, 8, 8), (1,), (3, 77, 32)]
     assert any((tmp_path / "openvino").iterdir()), "OpenVINO's model cache was not written"
 
 
@@ -50,28 +52,60 @@ def test_openvino_bf16_runs_in_bf16(openvino_dirs, pipe, image):
         "files"]["unet/model.onnx"]
     engine = load(openvino_dirs["bf16"])
     assert engine.engines.dtype == torch.bfloat16
-    assert engine.engines.unet.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
     got, want = _edit(engine, image), _edit(pipe, image)
+    assert engine.engines.unet.compiled_model().get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
     err = np.abs(got - want).max()
     psnr = 10 * np.log10(1 / np.mean((got - want) ** 2))
     print(f"openvino bf16 vs eager fp32: max {err:.2e}, PSNR {psnr:.1f} dB")
-    assert err > 1e-4 and psnr >= 30  # bf16 really ran, and stayed close
+    # bf16 really ran, and stayed close (random tiny weights amplify rounding: eager bf16 is at 37 dB here, and
+    # OpenVINO, which also runs GroupNorm and softmax in bf16 when the shapes are static, at 30 dB)
+    assert err > 1e-4 and psnr >= 25
 
 
-def test_openvino_engine_takes_other_sizes(openvino_dirs, pipe):
+def test_openvino_engine_takes_other_sizes(openvino_dirs, pipe, tmp_path, monkeypatch):
     from rtcore.demo import sample_image
 
-    image = sample_image(64, 48)  # like ONNX Runtime, OpenVINO runs the ONNX graph at any multiple of 8
-    err = np.abs(_edit(load(openvino_dirs["fp32"]), image) - _edit(pipe, image)).max()
-    assert err <= 2e-3
+    monkeypatch.setenv("RTCORE_CACHE", str(tmp_path))
+    _edit(load(openvino_dirs["bf16"]), sample_image(64, 64))  # a bf16 blob of the same graph, cached first
+    engine = load(openvino_dirs["fp32"])
+    for size in [(64, 48), (48, 64), (64, 64), (64, 48)]:  # any multiple of 8, as with ONNX Runtime
+        image = sample_image(*size)
+        assert np.abs(_edit(engine, image) - _edit(pipe, image)).max() <= 2e-3
+    # one compiled model per input signature, the least recently used dropped past MAX_SHAPES
+    assert len(engine.engines.unet.compiled) == 3 and len(engine.engines.vae_decode.compiled) == 3
 
 
-def test_openvino_is_a_cpu_backend(tiny_sd1, tmp_path):
+def test_openvino_int8_quantizes_the_unet_linear_layers(tiny_sd1, pipe, image, tmp_path):
+    """--int8: the UNet's MatMul weights stored as int8 (OpenVINO IR), activations quantized at run time."""
+    pytest.importorskip("nncf")
+    from rtcore.backends import OPENVINO_INT8_GROUP
+    from rtcore.export.build import build
+
+    engine_dir = build(tiny_sd1, tmp_path / "int8", backend="openvino", dtype="bf16", int8=True)
+    m = json.loads((engine_dir / "manifest.json").read_text())
+    assert m["int8"] and m["models"]["unet"] == dict(m["models"]["unet"], file="unet/model.xml", int8=True)
+    assert not (engine_dir / "unet" / "model.onnx").exists() and not (engine_dir / ".unet-onnx").exists()
+    model = ov.Core().read_model(str(engine_dir / "unet" / "model.xml"))
+    int8_weights = [op for op in model.get_ordered_ops()
+                    if op.get_type_name() == "Constant" and op.get_element_type() in (ov.Type.u8, ov.Type.i8)]
+    assert len(int8_weights) >= 10  # every attention projection and feed-forward layer
+    engine = load(engine_dir)
+    got, want = _edit(engine, image), _edit(pipe, image)
+    assert engine.engines.unet.compiled_model().get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == OPENVINO_INT8_GROUP
+    psnr = 10 * np.log10(1 / np.mean((got - want) ** 2))
+    print(f"openvino int8 vs eager fp32: PSNR {psnr:.1f} dB")
+    assert psnr >= 25
+
+
+def test_openvino_is_a_cpu_backend_with_its_own_options(tiny_sd1, tmp_path):
     from rtcore.backends import require_openvino
+    from rtcore.export.build import build
 
     with pytest.raises(ValueError, match="runs on the CPU"):
         require_openvino("cuda")
-    with pytest.raises(ValueError, match="kernels/int8 are Triton ops"):
-        from rtcore.export.build import build
-
+    with pytest.raises(ValueError, match="kernels are Triton ops"):
         build(tiny_sd1, tmp_path / "x", backend="openvino", kernels=True)
+    with pytest.raises(ValueError, match="dtype='bf16'"):
+        build(tiny_sd1, tmp_path / "x", backend="openvino", int8=True)
+    with pytest.raises(ValueError, match="drop --int8"):
+        build(tiny_sd1, tmp_path / "x", backend="onnx", int8=True)
