@@ -240,15 +240,17 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         err = float(np.abs(outputs[name].images - reference).max())
         mse = float(np.mean((outputs[name].images.astype(np.float64) - reference) ** 2))
         pipe_dtype = parse_spec(name[7:], dtype)[3] if name.startswith("rtcore ") else torch_dtype
-        tol = 1e-3 if pipe_dtype == torch.float32 == torch_dtype else 3e-2  # vs a reference in --dtype
+        psnr = 10 * np.log10(1 / mse) if mse else float("inf")
+        # same dtype as the reference: equal up to rounding; another precision: close (a wrong edit is ~10 dB)
+        correct = err <= (1e-3 if torch_dtype == torch.float32 else 3e-2) if pipe_dtype == torch_dtype else psnr >= 25
         results[name] = dict(
             t, warmup_ms=warmup[name] * 1e3, build_ms=built[name] * 1e3, cold_start_ms=cold[name] * 1e3,
-            isolated=isolated.get(name), psnr_db_vs_rtcore_eager=10 * np.log10(1 / mse) if mse else float("inf"),
+            isolated=isolated.get(name), psnr_db_vs_rtcore_eager=psnr,
             stages_ms=stage_ms,
             tflops=achieved, fraction_of_peak={s: v / peak_tf for s, v in achieved.items()} if peak_tf else None,
             device_memory_mb=memory[name][0], host_rss_mb=memory[name][1],
             ratio_vs_baseline=total_ms / base if base else None,
-            max_abs_err_vs_rtcore_eager=err, correct=err <= tol)
+            max_abs_err_vs_rtcore_eager=err, correct=bool(correct))
     return {
         "benchmark": "bench_edit",
         "header": hdr,

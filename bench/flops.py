@@ -1,7 +1,7 @@
 """FLOPs per stage, counted from the model configs, and the roofline they imply on known GPUs.
 
 Counts come from torch's FlopCounterMode running the reference models on the meta device, so nothing is allocated
-and any config or resolution can be counted. At SD 1.5 shapes (64×64 latents) they reproduce DESIGN §7: UNet
+and any config or resolution can be counted. At SD 1.5 shapes (64×64 latents) they reproduce docs/DESIGN.md §7: UNet
 0.80 TFLOP per batch row, VAE encode 1.12 TFLOP, VAE decode 2.52 TFLOP, CLIP 13 GFLOP per prompt.
 """
 
