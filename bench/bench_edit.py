@@ -21,6 +21,7 @@ cache warm), which reports its cached load time, its first edit and the peak res
 """
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -215,6 +216,11 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
                 stages[name] = _diffusers_stages(pipes[name], calls[name], device)
         isolated = {}
         if peak_memory:
+            # this process lets its pipelines go first: at SD shapes five of them and a sixth in the child process
+            # exceed 24 GB (the first real-shape run was killed by the kernel's OOM killer here)
+            pipes.clear()
+            calls.clear()
+            gc.collect()
             for name in names:  # one process each, after the timed runs: nothing else is loaded in it
                 isolated[name] = _isolated(name, sources[name], device, dtype, torch.get_num_threads(), size, batch,
                                            args)

@@ -13,7 +13,7 @@ from rtcore.bench.report import compare
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = main(["--preset", "tiny", "--backends", "eager,onnx,openvino@bf16", "--peers", "diffusers", "--steps",
+    result = main(["--preset", "tiny", "--backends", "eager,openvino@bf16", "--peers", "diffusers", "--steps",
                    "5", "--runs", "2", "--peak-memory", "--out", str(out)])
     return result, out
 
@@ -21,7 +21,7 @@ def report(tmp_path_factory):
 def test_harness_writes_json_markdown_and_chart(report):
     result, out = report
     saved = json.loads((out / "bench_edit.json").read_text())
-    assert set(saved["results"]) == {"rtcore eager", "rtcore onnx", "rtcore openvino@bf16", "diffusers"}
+    assert set(saved["results"]) == {"rtcore eager", "rtcore openvino@bf16", "diffusers"}
     for name, r in saved["results"].items():
         assert r["correct"], name
         # each pipeline alone in its own process: a cached load, two edits and the process's peak memory
@@ -31,12 +31,13 @@ def test_harness_writes_json_markdown_and_chart(report):
         assert r["stages_ms"]["denoise"] > 0 and r["cold_start_ms"] > 0
         assert r["device_memory_mb"] is None and r["host_rss_mb"] is not None  # a CPU run: host memory only
     assert saved["results"]["diffusers"]["ratio_vs_baseline"] == 1.0
-    eager, onnx, bf16 = (saved["results"][f"rtcore {b}"] for b in ("eager", "onnx", "openvino@bf16"))
+    eager, bf16, peer = (saved["results"][n] for n in ("rtcore eager", "rtcore openvino@bf16", "diffusers"))
     assert eager["psnr_db_vs_rtcore_eager"] == float("inf") and eager["build_ms"] == 0
-    assert onnx["psnr_db_vs_rtcore_eager"] > 60 and onnx["build_ms"] > 0  # fp32 engines: rounding only
+    assert peer["psnr_db_vs_rtcore_eager"] > 60  # fp32 against fp32: rounding only
+    assert bf16["build_ms"] > 0 and bf16["cold_start_ms"] > 0
     assert 25 < bf16["psnr_db_vs_rtcore_eager"] < 60  # bf16 really ran
     assert saved["header"]["versions"]["torch"] and saved["header"]["git_revision"] is not None
-    assert "| rtcore onnx |" in (out / "bench_edit.md").read_text()
+    assert "| rtcore openvino@bf16 |" in (out / "bench_edit.md").read_text()
     assert "| rtcore openvino@bf16 |" in (out / "bench_edit.md").read_text().split("fresh process")[1]
     assert (out / "bench_edit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -44,10 +45,10 @@ def test_harness_writes_json_markdown_and_chart(report):
 def test_compare_flags_regressions(report):
     result, _ = report
     slower = copy.deepcopy(result)
-    slower["results"]["rtcore onnx"]["median_ms"] *= 1.5
+    slower["results"]["rtcore openvino@bf16"]["median_ms"] *= 1.5
     slower["results"]["rtcore eager"]["correct"] = False
     flagged = compare(result, slower)
-    assert any(f.startswith("rtcore onnx") for f in flagged) and any("now wrong" in f for f in flagged)
+    assert any(f.startswith("rtcore openvino@bf16") for f in flagged) and any("now wrong" in f for f in flagged)
     assert compare(result, result) == []
 
 
