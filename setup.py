@@ -28,14 +28,15 @@ setup(
     extras_require={
         # diffusers is the test oracle only; 0.42.1 is the version the parity facts were checked against
         # triton runs the kernel tests on the CPU under its interpreter; CUDA torch wheels bring their own triton
-        "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "onnxruntime", "openvino", "nncf",
-                 "matplotlib",
+        "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "onnxruntime",
+                 "openvino", "nncf", "matplotlib",
                  "starlette", "uvicorn", "prometheus-client", "python-multipart", "ray[serve]"],
         "kernels": ["triton"],
         # later backends and services; onnxruntime-gpu provides the same module for GPU users: never install both
         "onnx": ["onnx", "onnxruntime"],
         "onnx-gpu": ["onnx", "onnxruntime-gpu"],
-        "openvino": ["onnx", "openvino", "nncf"],  # the openvino backend: rtcore's ONNX engines on OpenVINO's CPU plugin
+        # the openvino backend: rtcore's ONNX engines on OpenVINO's CPU plugin
+        "openvino": ["onnx", "openvino", "nncf"],
         "bench": ["pytest-benchmark", "matplotlib", "diffusers==0.42.1"],
         "serve": ["starlette", "uvicorn", "prometheus-client", "python-multipart"],
         "ray": ["ray[serve]", "starlette", "prometheus-client", "python-multipart"],

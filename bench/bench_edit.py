@@ -16,7 +16,7 @@ encode, VAE encode, denoise, VAE decode, host overhead). Stage FLOPs from the co
 and, on a known GPU, the fraction of peak. Cold start is timed apart: engine build (export, compile) and load.
 With --peak-memory each pipeline also runs alone in a fresh process (its engine already built, OpenVINO's model
 cache warm), which reports its cached load time, its first edit and the peak resident memory of the whole process
-(ru_maxrss). Outputs: bench_edit.json, bench_edit.md, bench_edit.png (a stacked bar per pipeline), and with
+(VmHWM). Outputs: bench_edit.json, bench_edit.md, bench_edit.png (a stacked bar per pipeline), and with
 --compare OLD.json a list of regressions.
 """
 
@@ -128,8 +128,6 @@ def _load(name, source, device, dtype):
 
 def _child(payload):
     """The body of an isolated measurement (``_isolated``): load, edit twice, report; prints one JSON line."""
-    import resource
-
     from rtcore.demo import sample_image
     from rtcore.engines import resolve_dtype
 
@@ -143,7 +141,15 @@ def _child(payload):
         pipe(image=[image] * p["batch"], generator=[torch.Generator().manual_seed(k) for k in range(p["batch"])],
              **p["args"])
         times.append(time.perf_counter() - start)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # the process's own high-water mark (VmHWM: per address space, fresh at exec). ru_maxrss is not: Linux carries
+    # it over from the forking parent, so every child reported the harness's own peak
+    peak_mb = None
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                peak_mb = int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     print(json.dumps({"load_s": load_s, "first_edit_s": times[0], "edit_s": times[1], "peak_rss_mb": peak_mb}))
 
 

@@ -28,7 +28,8 @@ def markdown(report):
                   "| pipeline | cached load s | first edit s | edit s | peak RSS MiB |", "|---|---|---|---|---|"]
         for name, i in isolated.items():
             lines.append(f"| {name} | " + (f"failed: {i['error']} | | | |" if "error" in i else
-                         f"{i['load_s']:.1f} | {i['first_edit_s']:.1f} | {i['edit_s']:.1f} | {i['peak_rss_mb']:.0f} |"))
+                         f"{i['load_s']:.1f} | {i['first_edit_s']:.1f} | {i['edit_s']:.1f} | "
+                         f"{_fmt(i['peak_rss_mb'], '.0f')} |"))
     lines += ["", "Memory: what each pipeline added, loaded and after one edit (device: the driver's total − free, so "
               "ONNX Runtime, TensorRT and CUDA-graph pools count; host: resident set size).",
               "", "Stage breakdown (ms; diffusers' denoise is its UNet calls, the rest of its loop is host overhead):",
