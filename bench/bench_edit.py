@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import header, memory_mb, summarize, synchronized
+from .common import header, memory_mb, peak_rss_mb, psnr, summarize, synchronized
 
 PRESETS = {  # preset → (image side, random checkpoint dtype on disk)
     "tiny": (64, torch.float32),
@@ -141,16 +141,7 @@ def _child(payload):
         pipe(image=[image] * p["batch"], generator=[torch.Generator().manual_seed(k) for k in range(p["batch"])],
              **p["args"])
         times.append(time.perf_counter() - start)
-    # the process's own high-water mark (VmHWM: per address space, fresh at exec). ru_maxrss is not: Linux carries
-    # it over from the forking parent, so every child reported the harness's own peak
-    peak_mb = None
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                peak_mb = int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    print(json.dumps({"load_s": load_s, "first_edit_s": times[0], "edit_s": times[1], "peak_rss_mb": peak_mb}))
+    print(json.dumps({"load_s": load_s, "first_edit_s": times[0], "edit_s": times[1], "peak_rss_mb": peak_rss_mb()}))
 
 
 def _isolated(name, source, device, dtype, threads, size, batch, args):
@@ -250,14 +241,13 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         achieved = {s: batch * fl[s] / (stage_ms[s] / 1e3) / 1e12 for s in STAGES if stage_ms[s] > 0}
         peak_tf = peak_tflops(hdr["device_name"], dtype) if torch.device(device).type == "cuda" else None
         err = float(np.abs(outputs[name].images - reference).max())
-        mse = float(np.mean((outputs[name].images.astype(np.float64) - reference) ** 2))
+        drift = psnr(outputs[name].images, reference)  # images in [0, 1]
         pipe_dtype = parse_spec(name[7:], dtype)[3] if name.startswith("rtcore ") else torch_dtype
-        psnr = 10 * np.log10(1 / mse) if mse else float("inf")
         # same dtype as the reference: equal up to rounding; another precision: close (a wrong edit is ~10 dB)
-        correct = err <= (1e-3 if torch_dtype == torch.float32 else 3e-2) if pipe_dtype == torch_dtype else psnr >= 25
+        correct = err <= (1e-3 if torch_dtype == torch.float32 else 3e-2) if pipe_dtype == torch_dtype else drift >= 25
         results[name] = dict(
             t, warmup_ms=warmup[name] * 1e3, build_ms=built[name] * 1e3, cold_start_ms=cold[name] * 1e3,
-            isolated=isolated.get(name), psnr_db_vs_rtcore_eager=psnr,
+            isolated=isolated.get(name), psnr_db_vs_rtcore_eager=drift,
             stages_ms=stage_ms,
             tflops=achieved, fraction_of_peak={s: v / peak_tf for s, v in achieved.items()} if peak_tf else None,
             device_memory_mb=memory[name][0], host_rss_mb=memory[name][1],

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -28,15 +29,28 @@ def git_revision():
         return None
 
 
+def _cpu_name():
+    """The CPU's model name (/proc/cpuinfo), or what platform knows (often only "x86_64")."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def header(device="cpu"):
     device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "device": str(device),
         "device_name": name,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "versions": {d: _version(d) for d in ("torch", "diffusers", "transformers", "triton", "onnxruntime", "rtcore")},
+        "versions": {d: _version(d) for d in ("torch", "diffusers", "transformers", "triton", "onnxruntime", "openvino",
+                                              "nncf", "rtcore")},
         "git_revision": git_revision(),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -47,6 +61,25 @@ def summarize(seconds):
     ms = sorted(s * 1e3 for s in seconds)
     q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
     return {"median_ms": statistics.median(ms), "p20_ms": q[1], "p80_ms": q[7], "runs": len(ms)}
+
+
+def psnr(got, want, peak=1.0):
+    """PSNR in dB of ``got`` against ``want`` (numpy arrays or tensors) for signals of range ``peak``; inf if equal."""
+    mse = float(((np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
+
+
+def peak_rss_mb():
+    """This process's peak resident set in MiB (VmHWM: per address space, fresh at exec), or None off Linux.
+    Not ru_maxrss: Linux carries that over from a forking parent, so a child would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
 
 
 def synchronized(fn, device):

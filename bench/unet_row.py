@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import header
+from .common import header, psnr
 
 ENGINES = ("diffusers-fp32", "eager-fp32", "eager-bf16", "onnx-fp32", "openvino-raw-f32", "openvino-raw-bf16",
            "openvino-fp32", "openvino-bf16", "openvino-int8", "compile-fp32", "compile-bf16")
@@ -91,7 +91,6 @@ def _make(engine, checkpoint, onnx_dir, workdir, latent):
         fn = lambda s, t, c: torch.from_numpy(request.infer([s.numpy(), t.numpy(), c.numpy()])[0])  # noqa: E731
     elif engine.startswith("openvino-"):
         from rtcore.backends import OpenVinoModel
-        from rtcore.engines import resolve_dtype
         from rtcore.export.build import compress_int8
 
         path, inputs, outputs = _onnx_entry(onnx_dir)
@@ -109,13 +108,6 @@ def _make(engine, checkpoint, onnx_dir, workdir, latent):
     else:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     return fn, time.perf_counter() - start
-
-
-def _psnr(got, want):
-    """PSNR of a row output against the reference, over the reference's peak-to-peak range."""
-    mse = float(((got - want) ** 2).mean())
-    span = float(want.max() - want.min())
-    return float("inf") if mse == 0 else 10 * np.log10(span**2 / mse)
 
 
 def run(checkpoint, onnx_dir, engines=DEFAULT_ENGINES, latents=(64,), runs=3, threads=0, workdir=None):
@@ -152,7 +144,9 @@ def run(checkpoint, onnx_dir, engines=DEFAULT_ENGINES, latents=(64,), runs=3, th
                 row["latents"][n] = {
                     "min_s": best, "median_s": float(np.median(times)), "first_call_s": first, "runs": runs,
                     "gflops": flops[n] / best / 1e9, "fraction_of_gemm": flops[n] / best / 1e9 / roofline[precision],
-                    "max_abs_err": float((out - reference[n]).abs().max()), "psnr_db": _psnr(out, reference[n])}
+                    "max_abs_err": float((out - reference[n]).abs().max()),
+                    # over the reference's peak-to-peak range: a UNet output has no fixed one
+                    "psnr_db": psnr(out, reference[n], float(reference[n].max() - reference[n].min()))}
                 print(f"{engine:>20} {n}×{n}: {best:.2f} s/row ({row['latents'][n]['gflops']:.0f} GFLOP/s), "
                       f"PSNR {row['latents'][n]['psnr_db']:.1f} dB", flush=True)
             results[engine] = row
@@ -162,32 +156,16 @@ def run(checkpoint, onnx_dir, engines=DEFAULT_ENGINES, latents=(64,), runs=3, th
     for row in results.values():
         for n, r in row["latents"].items():
             r["ratio_vs_diffusers"] = r["min_s"] / base["latents"][n]["min_s"] if base else None
-    return {"benchmark": "unet_row", "header": dict(header("cpu"), cpu=_cpu_name()),
+    return {"benchmark": "unet_row", "header": header("cpu"),
             "settings": dict(checkpoint=str(checkpoint), latents=list(latents), runs=runs,
                              threads=torch.get_num_threads(), unet_gflop_per_row={n: f / 1e9 for n, f in flops.items()},
-                             gemm_gflops=roofline, versions=_versions()),
+                             gemm_gflops=roofline),
             "results": results}
 
 
-def _cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _versions():
-    from .common import _version
-
-    return {d: _version(d) for d in ("openvino", "nncf", "onnxruntime", "torch", "diffusers")}
-
-
 def markdown(report):
-    s = report["settings"]
-    lines = [f"UNet row, batch 1, {report['header']['date']}, {report['header'].get('cpu')}, {s['threads']} threads; "
+    s, h = report["settings"], report["header"]
+    lines = [f"UNet row, batch 1, {h['date']}, {h['device_name']}, {s['threads']} threads; "
              f"GEMM roofline fp32 {s['gemm_gflops']['fp32']:.0f} GFLOP/s, bf16 {s['gemm_gflops']['bf16']:.0f} GFLOP/s",
              "", "| engine | latent | s / row (min) | × diffusers | GFLOP/s | of GEMM | PSNR vs eager fp32 | load s |",
              "|---|---|---|---|---|---|---|---|"]

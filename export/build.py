@@ -191,7 +191,8 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
         for name, contract in contracts(ckpt, height, width, batch, device, export_dtype).items():
             folder = tmp / name
             folder.mkdir()
-            if backend == "openvino" and int8 and name == "unet":
+            quantized = backend == "openvino" and int8 and name == "unet"  # NNCF int8 linear layers (OpenVINO IR)
+            if quantized:
                 onnx_folder = tmp / ".unet-onnx"  # the fp32 graph is only the input of the compression
                 onnx_folder.mkdir()
                 artifact = compress_int8(_export_onnx(contract, onnx_folder), folder)
@@ -204,9 +205,7 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
                 artifact = _export_tensorrt(contract, folder, dtype)
             models[name] = {"file": artifact.relative_to(tmp).as_posix(),
                             "inputs": list(contract.inputs), "outputs": list(contract.outputs),
-                            "profile": contract.profile}
-            if backend == "openvino" and int8 and name == "unet":
-                models[name]["int8"] = True
+                            "profile": contract.profile, **({"int8": True} if quantized else {})}
         shutil.copytree(root / "tokenizer", tmp / "tokenizer")
         for optional in ("safety_checker", "feature_extractor"):  # used only when a pipeline asks for the checker
             if (root / optional).is_dir():

@@ -147,10 +147,7 @@ class OpenVinoModel:
                        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(cache)}
         if int8:  # int8 weights (compress_int8): activations quantized at run time, per group of channels
             self.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = OPENVINO_INT8_GROUP
-        model = self.core.read_model(self.path)
         self.inputs, self.outputs = inputs, outputs
-        self.input_dtypes = {p.get_any_name(): torch.int64 if p.get_element_type() == ov.Type.i64 else torch.float32
-                             for p in model.inputs}
         self.compiled = {}  # input shapes → (compiled model, its infer request), oldest first
         self.lock = threading.Lock()
 
@@ -167,8 +164,9 @@ class OpenVinoModel:
         return self.compiled[shapes][1]
 
     def __call__(self, *args):
-        # numpy has no bfloat16: the graph's inputs are fp32 (or int64 token ids) whatever the inference precision
-        feed = {n: t.detach().to("cpu", self.input_dtypes[n]).contiguous().numpy() for n, t in zip(self.inputs, args)}
+        # numpy has no bfloat16: the graphs take fp32 (token ids stay int64) whatever the inference precision
+        feed = {n: t.detach().to("cpu", torch.int64 if t.dtype == torch.int64 else torch.float32).contiguous().numpy()
+                for n, t in zip(self.inputs, args)}
         with self.lock:
             request = self._request(tuple(a.shape for a in feed.values()))
             result = request.infer(feed, share_inputs=True)  # outputs are copied out of the request
