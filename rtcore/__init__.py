@@ -4,9 +4,9 @@ The runtime package imports neither ``rtcore.export`` nor ``rtcore.bench`` at im
 engines without the export stack.
 """
 
-from .generate import StableDiffusion
+from .cycle_diffusion import CycleDiffusion, CycleDiffusionOutput, EncodedSource
 from .manifest import EngineMismatch
-from .pipeline import CycleDiffusion, CycleDiffusionOutput, EncodedSource
+from .stable_diffusion import StableDiffusion
 
 __version__ = "0.1.0"
 __all__ = ["CycleDiffusion", "CycleDiffusionOutput", "EncodedSource", "EngineMismatch", "StableDiffusion",

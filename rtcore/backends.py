@@ -58,13 +58,13 @@ class OrtModel:
     synchronising torch's stream before the run and ORT's after it cost two.
     """
 
-    def __init__(self, path, inputs, outputs, device, providers=None, threads=None):
+    def __init__(self, path, inputs, outputs, device, providers=None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # the runtime's CPU thread budget is torch's: a service that pins torch to N threads pins ORT too
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         self.device_id, self.stream, self.run_options = 0, None, None
         if device.type == "cuda":

@@ -120,28 +120,46 @@ def _demo(args):
              device=args.device)
 
 
+def _engine_options(parser, backend=True, dtype=True):
+    """Where and on what a pipeline runs: --backend, --device, --dtype."""
+    if backend:
+        parser.add_argument("--backend", default=None, choices=BACKENDS,
+                            help="for a checkpoint: eager (default) or a backend to build into the cache; "
+                                 "for an engine directory: leave unset")
+    parser.add_argument("--device", default="cpu")
+    if dtype:
+        parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default fp32 (engine dirs: theirs)")
+
+
+def _output_options(parser, what="output image file (.png/.jpg/.webp)"):
+    parser.add_argument("--out", required=True, help=what)
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _sampling_options(parser, steps=50, strength=0.8, guidance_scale=7.5, eta=0.1):
+    """The loop's settings, with each command's defaults; ``strength=None``: the command has none."""
+    parser.add_argument("--steps", type=int, default=steps, help=f"num_inference_steps (default {steps})")
+    if strength is not None:
+        parser.add_argument("--strength", type=float, default=strength, help=f"in (0, 1] (default {strength})")
+    parser.add_argument("--guidance-scale", type=float, default=guidance_scale,
+                        help=f"classifier-free guidance, off at 1 (default {guidance_scale})")
+    parser.add_argument("--eta", type=float, default=eta, help=f"DDIM noise, 0 deterministic (default {eta})")
+    parser.add_argument("--seed", type=int, default=0, help="CPU generator seed (default 0)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="rtcore", description="CycleDiffusion image editing on compiled engines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     edit = sub.add_parser("edit", help="edit an image with a source and a target prompt")
-    edit.add_argument("--model", required=True, help="diffusers-layout checkpoint folder or hub id")
+    edit.add_argument("--model", required=True, help="diffusers-layout checkpoint folder, hub id or engine directory")
     edit.add_argument("--image", required=True, help="input image file")
     edit.add_argument("--source-prompt", required=True, help="what the input image shows")
     edit.add_argument("--prompt", required=True, help="what the edited image should show")
-    edit.add_argument("--out", required=True, help="output image file (.png/.jpg/.webp)")
-    edit.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    edit.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
-    edit.add_argument("--strength", type=float, default=0.8, help="in (0, 1] (default 0.8)")
-    edit.add_argument("--guidance-scale", type=float, default=7.5)
+    _output_options(edit)
+    _sampling_options(edit)
     edit.add_argument("--source-guidance-scale", type=float, default=1.0)
-    edit.add_argument("--eta", type=float, default=0.1)
-    edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--backend", default=None, choices=BACKENDS,
-                      help="for a checkpoint: eager (default) or a backend to build into the cache; "
-                           "for an engine directory: leave unset")
-    edit.add_argument("--device", default="cpu")
-    edit.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default fp32 (engine dirs: theirs)")
+    _engine_options(edit)
     edit.add_argument("--quiet", action="store_true", help="no progress bar or timing line")
     edit.set_defaults(run=_edit)
 
@@ -156,17 +174,14 @@ def build_parser():
     export.add_argument("--int8", action="store_true", help="int8 dynamic quantization: Triton GEMMs (compile backend, "
                         "CUDA) or NNCF int8 linear layers (openvino backend, with --dtype bf16)")
     export.add_argument("--device", default="cpu", help="where to build (TensorRT and GPU compile need cuda)")
-    export.add_argument("--out", required=True, help="engine directory to write")
-    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _output_options(export, "engine directory to write")
     export.set_defaults(run=_export)
 
     srv = sub.add_parser("serve", help="serve edits over HTTP (POST /edit, GET /healthz, GET /metrics)")
     srv.add_argument("model", help="engine directory or checkpoint")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--backend", default=None, choices=BACKENDS)
-    srv.add_argument("--device", default="cpu")
-    srv.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    _engine_options(srv)
     srv.add_argument("--max-concurrency", type=int, default=1, help="edits running at once")
     srv.add_argument("--max-queue", type=int, default=8, help="edits waiting; beyond this: 429")
     srv.add_argument("--timeout", type=float, default=60.0, help="seconds per request; beyond this: 504")
@@ -179,23 +194,17 @@ def build_parser():
     srv.add_argument("--num-replicas", type=int, default=1, help="Ray Serve replicas (one per GPU)")
     srv.set_defaults(run=_serve)
 
-    for name, helptext in (("generate", "text-to-image (DDIM)"), ("img2img", "SDEdit img2img (DDIM)")):
+    for name, helptext in (("generate", "text-to-image (DDIM or DPM-Solver++(2M))"),
+                           ("img2img", "SDEdit img2img (DDIM)")):
         gen = sub.add_parser(name, help=helptext)
         gen.add_argument("--model", required=True, help="checkpoint or engine directory")
         gen.add_argument("--prompt", required=True)
         gen.add_argument("--negative-prompt", default=None)
-        gen.add_argument("--out", required=True)
-        gen.add_argument("--overwrite", action="store_true")
-        gen.add_argument("--steps", type=int, default=50)
-        gen.add_argument("--guidance-scale", type=float, default=7.5)
-        gen.add_argument("--eta", type=float, default=0.0)
-        gen.add_argument("--seed", type=int, default=0)
-        gen.add_argument("--backend", default=None, choices=BACKENDS)
-        gen.add_argument("--device", default="cpu")
-        gen.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+        _output_options(gen)
+        _sampling_options(gen, strength=0.8 if name == "img2img" else None, eta=0.0)
+        _engine_options(gen)
         if name == "img2img":
             gen.add_argument("--image", required=True)
-            gen.add_argument("--strength", type=float, default=0.8)
         else:
             gen.add_argument("--scheduler", default="ddim", choices=["ddim", "dpm++2m"])
             gen.add_argument("--height", type=int, default=None)
@@ -206,16 +215,11 @@ def build_parser():
     tr.add_argument("--source-model", required=True, help="pixel DDPM folder, or SD checkpoint")
     tr.add_argument("--target-model", required=True, help="a model sharing the source's noise schedule (and VAE)")
     tr.add_argument("--image", required=True)
-    tr.add_argument("--out", required=True)
-    tr.add_argument("--overwrite", action="store_true")
+    _output_options(tr)
     tr.add_argument("--source-prompt", default="", help="latent models only")
     tr.add_argument("--prompt", default="", help="latent models only")
-    tr.add_argument("--strength", type=float, default=0.8)
-    tr.add_argument("--steps", type=int, default=100)
-    tr.add_argument("--guidance-scale", type=float, default=1.0, help="latent models only")
-    tr.add_argument("--eta", type=float, default=0.1)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", default="cpu")
+    _sampling_options(tr, steps=100, guidance_scale=1.0)  # --guidance-scale: latent models only
+    _engine_options(tr, backend=False, dtype=False)
     tr.set_defaults(run=_translate)
 
     sub.add_parser("bench", help="benchmark rtcore backends against diffusers (see rtcore bench --help)")
@@ -227,7 +231,7 @@ def build_parser():
     demo.add_argument("--strength", type=float, default=0.8)
     demo.add_argument("--size", type=int, default=128, help="sample image side in pixels")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="cpu")
+    _engine_options(demo, backend=False, dtype=False)
     demo.set_defaults(run=_demo)
     return parser
 

@@ -26,7 +26,7 @@ from collections import OrderedDict
 import torch
 from torch import cuda  # the only CUDA surface used here; tests without a GPU put a stub of it in its place
 
-from .cycle import denoise
+from .sampling import denoise
 
 MAX_GRAPHS = 8
 _SHARED = {}  # device → (memory pool, lock, capture stream)
@@ -105,7 +105,7 @@ class GraphedDenoiser:
         self.graphs = OrderedDict()
         self.lock = threading.Lock()
 
-    def __call__(self, table, guidance, z, context, dtype, *, x0=None, step_noise=None, residuals=None):
+    def __call__(self, table, rows, z, context, dtype, *, x0=None, step_noise=None, residuals=None):
         # a static input like the others: the graph must own the memory its kernels read
         inputs = {"z": z, "context": context, "timesteps": torch.as_tensor(table.timesteps, device=self.device)}
         if x0 is not None:
@@ -115,12 +115,12 @@ class GraphedDenoiser:
         # every table scalar is baked into the captured kernels, so all of them are part of the key
         key = (tuple(getattr(table, f).tobytes() for f in ("timesteps", "a_t", "b_t", "a_prev", "sigma", "c",
                                                               "draws_noise")),
-               table.prediction_type, table.clip_sample, guidance, str(dtype),
+               table.prediction_type, table.clip_sample, rows, str(dtype),
                tuple((k, tuple(v.shape) if torch.is_tensor(v) else (len(v), tuple(v[0].shape)))
                      for k, v in sorted(inputs.items())))
 
         def run(**static):
-            return denoise(self.unet, table, guidance, static["z"], static["context"], dtype, x0=static.get("x0"),
+            return denoise(self.unet, table, rows, static["z"], static["context"], dtype, x0=static.get("x0"),
                            step_noise=static.get("step_noise"), residuals=static.get("residuals"),
                            timesteps=static["timesteps"])
 

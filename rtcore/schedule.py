@@ -1,4 +1,5 @@
-"""CPU-resident DDIM math: the training schedule and the CycleDiffusion step table.
+"""CPU-resident scheduler maths: the training schedule, the DDIM/CycleDiffusion step table and the DPM-Solver++
+(2M) table.
 
 Everything the denoising loop needs besides tensors — timesteps, √ᾱ, σ, c, whether a noise draw happens — is a
 function of (scheduler config, N, strength, η) alone, so it is computed here once, in float64 on the CPU, before
@@ -199,3 +200,62 @@ def step_table(cfg: DDIMConfig, num_inference_steps: int, strength: float = 1.0,
         prediction_type=cfg.prediction_type,
         clip_sample=float(cfg.clip_sample_range) if cfg.clip_sample else 0.0,
     )
+
+
+# -- DPM-Solver++(2M) ---------------------------------------------------------------------------------------------
+# The multistep solver of Lu et al. (arXiv 2211.01095) for text-to-image, matching diffusers'
+# DPMSolverMultistepScheduler with its defaults: algorithm_type="dpmsolver++", solver_order=2,
+# solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero", and the checkpoint's beta schedule,
+# timestep spacing and steps_offset. Step i combines x̂0 of this step (D0) with the difference to the previous
+# step's (D1):
+#
+#     x' = (σ_{i+1}/σ_i)·x + α_{i+1}(1 − e^{−h})·(D0 + ½·D1/r),   h = λ_{i+1} − λ_i,  r = (λ_i − λ_{i−1}) / h
+#
+# The first step, and the last (whose final σ is 0), are first order (D1 = 0): the last step returns x̂0.
+
+
+@dataclass(frozen=True)
+class DPMTable:
+    timesteps: np.ndarray  # (N,) int64
+    alpha: np.ndarray  # (N,) α_i = 1/√(σ_i²+1) of the current step: x̂0 conversion
+    sigma: np.ndarray  # (N,) σ_i·α_i
+    x_coef: np.ndarray  # (N,) σ_{i+1}/σ_i (in α-σ form)
+    d0_coef: np.ndarray  # (N,) α_{i+1}(1 − e^{−h})
+    d1_coef: np.ndarray  # (N,) ½·α_{i+1}(1 − e^{−h})/r, 0 on first-order steps
+    prediction_type: str
+
+
+def dpm_timesteps(cfg: DDIMConfig, n):
+    """diffusers' DPMSolverMultistepScheduler.set_timesteps (no clipping of λ): N timesteps, high to low."""
+    last = cfg.num_train_timesteps
+    if cfg.timestep_spacing == "linspace":
+        return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)
+    if cfg.timestep_spacing == "leading":
+        ratio = last // (n + 1)
+        return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64) + cfg.steps_offset
+    return np.arange(last, 0, -cfg.num_train_timesteps / n).round().copy().astype(np.int64) - 1
+
+
+def dpm_table(cfg: DDIMConfig, num_inference_steps) -> DPMTable:
+    validate_steps(num_inference_steps, 1.0, 0.0, cfg)
+    acp = alphas_cumprod(cfg)
+    ts = dpm_timesteps(cfg, num_inference_steps)
+    check_within_schedule(cfg, ts, num_inference_steps)
+    all_sigmas = np.sqrt((1 - acp) / acp).astype(np.float32)  # diffusers keeps these in float32
+    sig = np.interp(ts, np.arange(len(all_sigmas)), all_sigmas)
+    sig = np.concatenate([sig, [0.0]]).astype(np.float32).astype(np.float64)
+    alpha = 1 / np.sqrt(sig ** 2 + 1)
+    sigma = sig * alpha
+    with np.errstate(divide="ignore"):
+        lam = np.log(alpha) - np.log(sigma)  # +inf at the final σ = 0
+    n = num_inference_steps
+    h = lam[1:] - lam[:-1]
+    decay = -np.expm1(-h)  # 1 − e^{−h}; 1 where h = ∞
+    x_coef = sigma[1:] / sigma[:-1]
+    d0 = alpha[1:] * decay
+    d1 = np.zeros(n)
+    for i in range(1, n):
+        if i < n - 1:  # the first and the last step (final σ = 0) are first order
+            r = (lam[i] - lam[i - 1]) / h[i]
+            d1[i] = 0.5 * d0[i] / r
+    return DPMTable(ts, alpha[:-1], sigma[:-1], x_coef, d0, d1, cfg.prediction_type)

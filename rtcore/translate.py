@@ -9,7 +9,8 @@ the same VAE latent space.
 - ``translate(source_pipe, target_pipe, ...)``: two latent Stable Diffusion pipelines (CycleDiffusion objects)
   that share a VAE. Prompts are optional (empty prompts give the unconditional models).
 - ``PixelCycleDiffusion``: two pixel-space DDPMs (diffusers' UNet2DModel layout, e.g. google/ddpm-cat-256 →
-  google/ddpm-dog-256). It has no VAE and no text, so each step runs one source row and one target row.
+  google/ddpm-dog-256). It has no VAE and no text, so each step runs one source row (model A) and one target row
+  (model B): the loop's "cycle" mode with a UNet callable that sends each row to its model.
 """
 
 import json
@@ -18,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import check_generator, check_output, stage
-from .cycle import Guidance, denoise, noisy_steps
 from .engines import resolve_device, resolve_dtype
-from .generate import _draws
 from .images import postprocess, preprocess
+from .pipeline import check_generator, check_output, stage
+from .sampling import Rows, denoise, draw_noise, noisy_steps
 from .schedule import DDIMConfig, step_table
 
 
@@ -82,7 +82,7 @@ class PixelCycleDiffusion:
         return cls(source_unet, target_unet, source_schedule, device, dtype, scale_factor=2 ** levels)
 
     def _unet(self, sample, timestep, context):
-        """The rows of one step: the first half are source rows (model A), the rest target rows (model B)."""
+        """The rows of one step, [y, x] (Rows("cycle") without guidance): y to model A, x to model B; no text."""
         y, x = sample.chunk(2)
         return torch.cat([self.source_unet(y, timestep), self.target_unet(x, timestep)])
 
@@ -92,14 +92,12 @@ class PixelCycleDiffusion:
         x0 = preprocess(image, self.scale_factor).to(self.device, torch.float32)
         n = x0.shape[0]
         check_generator(generator, n)
-        draws = _draws(generator, tuple(x0.shape), 1 + len(noisy_steps(table)))
-        z = table.a_start * x0 + table.b_start * draws[0].to(self.device)
-        step_noise = [d.to(self.device) for d in draws[1:]]
-        context = torch.empty((2 * n, 0), device=self.device)  # no text: only the row count matters
+        draws = draw_noise(generator, tuple(x0.shape), 1 + len(noisy_steps(table))).to(self.device)
+        z = table.a_start * x0 + table.b_start * draws[0]
         timings = {}
         with stage(timings, "denoise", self.device), torch.inference_mode():
-            x, _ = denoise(self._unet, table, Guidance(1.0, 1.0), z, context, self.dtype, x0=x0,
-                           step_noise=step_noise)
+            x, _ = denoise(self._unet, table, Rows("cycle", 1.0, 1.0), z, None, self.dtype, x0=x0,
+                           step_noise=draws[1:])
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"the translation produced NaN/inf pixels ({self.dtype})")
         return x if output_type == "latent" else postprocess(x, output_type)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rtcore import CycleDiffusion
-from rtcore.cycle import Guidance, denoise
+from rtcore.sampling import Rows, denoise
 from rtcore.schedule import step_table
 
 pytestmark = pytest.mark.gpu
@@ -69,7 +69,7 @@ def test_the_loop_never_synchronises_with_the_host(eager_fp16):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        denoise(eng.unet, table, Guidance(), z, context, eng.dtype, x0=z, step_noise=step_noise, timesteps=timesteps)
+        denoise(eng.unet, table, Rows("cycle"), z, context, eng.dtype, x0=z, step_noise=step_noise, timesteps=timesteps)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

@@ -16,8 +16,8 @@ from stubs import StubCuda
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from rtcore.cycle import Guidance, denoise, noisy_steps
-from rtcore.schedule import step_table
+from rtcore.sampling import MODES, Rows, denoise, noisy_steps
+from rtcore.schedule import dpm_table, step_table
 
 HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default}
 
@@ -49,29 +49,33 @@ def meta_unets(pipe):
     return {"eager": plain, "kernels+int8": fused.to("meta")}
 
 
-def _run(unet, table, guidance, mode):
+def _run(unet, table, rows):
     meta = torch.device("meta")
     z = torch.empty(2, 4, 8, 8, device=meta)
-    steps = torch.empty(len(noisy_steps(table)), 2, 4, 8, 8, device=meta)
     timesteps = torch.as_tensor(table.timesteps).to(meta)  # made outside the loop, as GraphedDenoiser does
-    source, target = 1 + guidance.source_cfg, 1 + guidance.target_cfg
-    rows = {"edit": source + target, "encode": source, "residuals": target}
-    context = torch.empty(2 * rows[mode], 77, 32, device=meta)
-    if mode == "residuals":
+    context = torch.empty(2 * rows.per_item, 77, 32, device=meta)
+    if rows.mode == "decode":
         kwargs = dict(residuals=[torch.empty(2, 4, 8, 8, device=meta) for _ in range(len(table))])
+    elif rows.mode == "ddim":
+        kwargs = dict(step_noise=torch.empty(len(table), 2, 4, 8, 8, device=meta))
+    elif rows.mode == "dpm++":
+        kwargs = {}
     else:
-        kwargs = dict(x0=z, step_noise=steps)
+        kwargs = dict(x0=z, step_noise=torch.empty(len(noisy_steps(table)), 2, 4, 8, 8, device=meta))
     with DeviceOnly() as probe:
-        x, recorded = denoise(unet, table, guidance, z, context, torch.float32, timesteps=timesteps, **kwargs)
+        x, recorded = denoise(unet, table, rows, z, context, torch.float32, timesteps=timesteps, **kwargs)
     return probe, x, recorded
 
 
 @pytest.mark.parametrize("unet_kind", ["eager", "kernels+int8"])
-@pytest.mark.parametrize("mode", ["edit", "encode", "residuals"])
-@pytest.mark.parametrize("guidance", [Guidance(), Guidance(7.5, 2.0), Guidance(1.0, 1.0)], ids=str)
-def test_the_loop_stays_on_the_device(pipe, meta_unets, unet_kind, mode, guidance):
-    table = step_table(pipe.engines.scheduler, 6, 0.8, 0.1)
-    probe, x, recorded = _run(meta_unets[unet_kind], table, guidance, mode)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scales", [(7.5, 1.0), (7.5, 2.0), (1.0, 1.0)], ids=str)
+def test_the_loop_stays_on_the_device(pipe, meta_unets, unet_kind, mode, scales):
+    if mode == "dpm++":
+        table = dpm_table(pipe.engines.scheduler, 6)
+    else:
+        table = step_table(pipe.engines.scheduler, 6, 0.8, 0.1)
+    probe, x, recorded = _run(meta_unets[unet_kind], table, Rows(mode, *scales))
     assert probe.calls > 100  # the probe saw the UNet run
     kernel_ops = {"rtcore.group_norm.default", "rtcore.qkv_attention.default", "rtcore.int8_linear.default"}
     assert kernel_ops <= probe.ops if unet_kind != "eager" else not kernel_ops & probe.ops
@@ -86,7 +90,7 @@ def test_the_probe_catches_host_traffic(pipe, meta_unets):
     meta = torch.device("meta")
     z = torch.empty(1, 4, 8, 8, device=meta)
     with DeviceOnly() as probe:
-        denoise(meta_unets["eager"], table, Guidance(), z, torch.empty(3, 77, 32, device=meta), torch.float32,
+        denoise(meta_unets["eager"], table, Rows("cycle"), z, torch.empty(3, 77, 32, device=meta), torch.float32,
                 x0=z, step_noise=torch.empty(len(noisy_steps(table)), 1, 4, 8, 8, device=meta))
     assert any("cpu" in v for v in probe.violations)
     with DeviceOnly() as probe:

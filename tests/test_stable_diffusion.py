@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rtcore.demo import sample_image
-from rtcore.generate import StableDiffusion
+from rtcore.stable_diffusion import StableDiffusion
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_dpm_solver_matches_diffusers(sd, oracles, tiny_sd1, spacing, steps):
 
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    from rtcore.generate import StableDiffusion as SD
+    from rtcore.stable_diffusion import StableDiffusion as SD
 
     engines = dataclasses.replace(sd.engines, scheduler=dataclasses.replace(sd.engines.scheduler,
                                                                             timestep_spacing=spacing))

@@ -1,4 +1,5 @@
-"""Text-to-image and img2img (SDEdit) with DDIM on the same engines and CPU-resident step tables as CycleDiffusion.
+"""Text-to-image (DDIM or DPM-Solver++(2M)) and img2img (SDEdit, DDIM) on the same engines, CPU-resident step
+tables and sampling loop (rtcore.sampling) as CycleDiffusion.
 
     sd = StableDiffusion.from_pretrained(path)          # or StableDiffusion(cycle_pipe.engines): shared engines
     out = sd.text_to_image("An astronaut riding a horse", height=512, width=512, generator=...)
@@ -13,7 +14,8 @@ x' = μ(x, ε) + σ·n.
 
 import torch
 
-from .base import (
+from .images import MAX_PIXELS, check_pixels, preprocess
+from .pipeline import (
     Pipeline,
     batch_size,
     broadcast,
@@ -23,68 +25,31 @@ from .base import (
     output_count,
     stage,
 )
-from .cycle import step_mean
-from .dpm import dpm_sample, dpm_table
-from .images import MAX_PIXELS, check_pixels, preprocess
 from .prompts import as_prompt_list, encode_prompts
-from .schedule import step_table
+from .sampling import Rows, denoise, draw_noise
+from .schedule import dpm_table, step_table
 
 SCHEDULERS = ("ddim", "dpm++2m")
 
 
-def _draws(generator, shape, count):
-    """``count`` standard normal tensors of ``shape`` (N, …), drawn in order on the CPU: one generator for the
-    whole batch, or one generator per item (each item then draws its own sequence)."""
-    if isinstance(generator, (list, tuple)):
-        per_item = [torch.stack([torch.randn((1, *shape[1:]), generator=g) for _ in range(count)]) for g in generator]
-        return list(torch.cat(per_item, dim=1))
-    return [torch.randn(shape, generator=generator) for _ in range(count)]
-
-
-def sample(unet, table, guidance_scale, x, context, dtype, step_noise, callback=None, callback_steps=1):
-    """The DDIM loop from x (N, C, h, w) float32; context rows are [uncond × N, cond × N] with guidance, else
-    [cond × N]. ``step_noise`` holds one tensor per step when η > 0, else it is empty."""
-    cfg = guidance_scale > 1.0
-    timesteps = torch.as_tensor(table.timesteps, device=x.device)
-    for i in range(len(table)):
-        rows = [x, x] if cfg else [x]
-        out = unet(torch.cat(rows).to(dtype), timesteps[i:i + 1], context).float().chunk(len(rows))
-        eps = out[0] + guidance_scale * (out[1] - out[0]) if cfg else out[0]
-        x = step_mean(table, i, x, eps)
-        if step_noise:
-            x = x + float(table.sigma[i]) * step_noise[i]
-        if callback is not None and i % callback_steps == 0:
-            callback(i, int(table.timesteps[i]), x)
-    return x
-
-
 class StableDiffusion(Pipeline):
-    def _context(self, prompts, negatives, guidance_scale):
-        embed = encode_prompts(self.engines, negatives + prompts)
-        rows = ([embed[p] for p in negatives] if guidance_scale > 1.0 else []) + [embed[p] for p in prompts]
-        return torch.stack(rows)
-
     def _prompts(self, prompt, negative_prompt, n_images, num_images_per_prompt):
         prompts = as_prompt_list(prompt, "prompt")
         negatives = as_prompt_list("" if negative_prompt is None else negative_prompt, "negative_prompt")
         batch = batch_size(prompt=prompts, negative_prompt=negatives, image=[None] * n_images)
         n = output_count(batch, num_images_per_prompt)
-        return broadcast(prompts, n), broadcast(negatives, n), batch, n
+        return broadcast(prompts, n), broadcast(negatives, n), n
 
-    def _run(self, prompts, negatives, guidance_scale, loop, output_type, return_dict, timings):
-        """Text encoding, then ``loop(context)`` → final latents, then decoding; each stage timed."""
+    def _run(self, table, rows, x, step_noise, prompts, negatives, output_type, return_dict, callback,
+             callback_steps, timings):
+        """Text encoding, the loop (rtcore.sampling.denoise) from x, then decoding; each stage timed."""
         eng = self.engines
         with stage(timings, "text_encode", eng.device):
-            context = self._context(prompts, negatives, guidance_scale)
+            context = rows.context(encode_prompts(eng, negatives + prompts), targets=prompts, negatives=negatives)
         with stage(timings, "denoise", eng.device), torch.inference_mode():
-            x = loop(context)
+            x, _ = denoise(eng.unet, table, rows, x, context, eng.dtype, step_noise=step_noise, callback=callback,
+                           callback_steps=callback_steps)
         return self._finish(x, output_type, return_dict, timings)
-
-    def _ddim(self, table, guidance_scale, x, step_noise, callback, callback_steps):
-        eng = self.engines
-        noise = [n.to(device=eng.device, dtype=torch.float32) for n in step_noise]
-        return lambda context: sample(eng.unet, table, guidance_scale, x, context, eng.dtype, noise, callback,
-                                      callback_steps)
 
     def _check_common(self, guidance_scale, eta, output_type, return_dict, callback, callback_steps):
         check_number(guidance_scale, "guidance_scale")
@@ -110,21 +75,19 @@ class StableDiffusion(Pipeline):
         if eng.fixed_size is not None and (height, width) != tuple(eng.fixed_size):
             raise ValueError(f"height/width: this {eng.backend} engine was built for {eng.fixed_size[1]}x"
                              f"{eng.fixed_size[0]}; rebuild it with --height/--width")
-        prompts, negatives, _, n = self._prompts(prompt, negative_prompt, 1, num_images_per_prompt)
+        prompts, negatives, n = self._prompts(prompt, negative_prompt, 1, num_images_per_prompt)
         check_generator(generator, n)
         shape = (n, eng.latent_channels, height // f, width // f)
         if scheduler == "dpm++2m":
-            table = dpm_table(eng.scheduler, num_inference_steps)
-            x = _draws(generator, shape, 1)[0].to(eng.device)
-
-            def loop(context):
-                return dpm_sample(eng.unet, table, guidance_scale, x, context, eng.dtype, callback, callback_steps)
+            table, rows = dpm_table(eng.scheduler, num_inference_steps), Rows("dpm++", guidance_scale)
+            draws = draw_noise(generator, shape, 1)
         else:
-            table = step_table(eng.scheduler, num_inference_steps, 1.0, eta)
-            draws = _draws(generator, shape, 1 + (len(table) if eta > 0 else 0))
-            x = draws[0].to(eng.device)  # DDIM's initial noise sigma is 1
-            loop = self._ddim(table, guidance_scale, x, draws[1:], callback, callback_steps)
-        return self._run(prompts, negatives, guidance_scale, loop, output_type, return_dict, {})
+            table, rows = step_table(eng.scheduler, num_inference_steps, 1.0, eta), Rows("ddim", guidance_scale)
+            draws = draw_noise(generator, shape, 1 + (len(table) if eta > 0 else 0))
+        draws = draws.to(eng.device)  # DDIM's and DPM++'s initial noise sigma is 1
+        step_noise = draws[1:] if len(draws) > 1 else None
+        return self._run(table, rows, draws[0], step_noise, prompts, negatives, output_type, return_dict, callback,
+                         callback_steps, {})
 
     def img2img(self, prompt, image, strength=0.8, num_inference_steps=50, guidance_scale=7.5, negative_prompt=None,
                 num_images_per_prompt=1, eta=0.0, generator=None, output_type="pil", return_dict=True,
@@ -137,11 +100,11 @@ class StableDiffusion(Pipeline):
         if eng.fixed_size is not None and tuple(pixels.shape[2:]) != tuple(eng.fixed_size):
             raise ValueError(f"image: this {eng.backend} engine was built for {eng.fixed_size[1]}x"
                              f"{eng.fixed_size[0]} images; resize the image or rebuild the engine")
-        prompts, negatives, _, n = self._prompts(prompt, negative_prompt, pixels.shape[0], num_images_per_prompt)
+        prompts, negatives, n = self._prompts(prompt, negative_prompt, pixels.shape[0], num_images_per_prompt)
         check_generator(generator, n)
         table = step_table(eng.scheduler, num_inference_steps, strength, eta)
         timings = {}
         # diffusers' DDIM step draws on every step when η > 0 (the last one included)
-        _, x, step_noise = self._noised_latents(pixels, n, generator, table, len(table) if eta > 0 else 0, timings)
-        loop = self._ddim(table, guidance_scale, x, step_noise, callback, callback_steps)
-        return self._run(prompts, negatives, guidance_scale, loop, output_type, return_dict, timings)
+        _, x, step_noise = self.noised_latents(pixels, n, generator, table, len(table) if eta > 0 else 0, timings)
+        return self._run(table, Rows("ddim", guidance_scale), x, step_noise if eta > 0 else None, prompts, negatives,
+                         output_type, return_dict, callback, callback_steps, timings)
