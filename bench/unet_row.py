@@ -91,13 +91,11 @@ def _make(engine, checkpoint, onnx_dir, workdir, latent):
         fn = lambda s, t, c: torch.from_numpy(request.infer([s.numpy(), t.numpy(), c.numpy()])[0])  # noqa: E731
     elif engine.startswith("openvino-"):
         from rtcore.backends import OpenVinoModel
-        from rtcore.export.build import compress_int8
+        from rtcore.export.build import to_openvino_ir
 
         path, inputs, outputs = _onnx_entry(onnx_dir)
-        if engine == "openvino-int8":
-            path = compress_int8(path, Path(workdir) / "unet-int8")
-        dtype = torch.bfloat16 if engine.endswith(("bf16", "int8")) else torch.float32
-        fn = OpenVinoModel(path, inputs, outputs, dtype, cache_dir=Path(workdir) / "ov-cache")
+        dtype, int8 = (torch.bfloat16 if engine.endswith(("bf16", "int8")) else torch.float32), engine.endswith("int8")
+        fn = OpenVinoModel(to_openvino_ir(path, Path(workdir) / engine, dtype, int8), inputs, outputs, dtype, int8)
     elif engine.startswith("compile-"):
         from rtcore.engines import resolve_dtype
         from rtcore.export.build import build_unet_package

@@ -6,9 +6,9 @@ package the first time it is imported.)
 ONNX models run in ONNX Runtime sessions (``onnx``): the CPU EP, or the CUDA EP with I/O binding (device tensors in
 and out, no host copies) where onnxruntime-gpu is installed. ``Engines.providers`` reports the providers that each
 session really runs (``session.get_providers()``), not the ones that are merely available. An ``openvino`` engine
-directory holds the same ONNX files, compiled at load by OpenVINO's CPU plugin; its manifest's dtype is OpenVINO's
-inference precision (``bf16`` runs convolutions, GEMMs and attention in bf16 on CPUs with avx512_bf16 or AMX), and
-compiled models go to OpenVINO's model cache, so a second load skips compilation. AOTInductor packages
+directory holds OpenVINO IR converted from rtcore's ONNX graphs, compiled by OpenVINO's CPU plugin per input shape;
+its manifest's dtype is OpenVINO's inference precision (``bf16`` runs convolutions, GEMMs and attention in bf16 on
+CPUs with avx512_bf16 or AMX). AOTInductor packages
 (``compile``) load with ``torch._inductor.aoti_load_package``, and TensorRT plans with the TensorRT runtime.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .engines import Engines, resolve_device, resolve_dtype
-from .manifest import cache_root, validate
+from .manifest import validate
 from .schedule import DDIMConfig
 
 # ONNX element types for IOBinding; numpy has no bfloat16, so every type is given as its TensorProto number
@@ -121,12 +121,16 @@ OPENVINO_INT8_GROUP = 32
 
 
 class OpenVinoModel:
-    """One ONNX model compiled by OpenVINO for the CPU, behind the engine call signature.
+    """One model of an ``openvino`` engine directory (OpenVINO IR), compiled by OpenVINO's CPU plugin, behind the
+    engine call signature.
 
-    The ONNX graph has dynamic axes; OpenVINO's CPU plugin runs a graph reshaped to static shapes faster (an SD 1.5
-    UNet row in fp32: 4.0 s against 4.3 s on 2 Zen 4 cores), so each input signature gets its own compiled model,
-    compiled on first use (a few seconds at SD shapes, then read back from OpenVINO's model cache by later
-    processes). A pipeline uses one or two signatures per model; the last ``MAX_SHAPES`` are kept.
+    The IR's weights are memory-mapped and already in the form the precision wants: fp32; fp16 for a bf16 engine
+    (the CPU plugin turns them into bf16 when it compiles, so the process maps 2 bytes per weight, not 4); int8
+    linear layers with ``--int8``. The graph has dynamic axes; the CPU plugin runs a graph reshaped to static shapes
+    faster (an SD 1.5 UNet row in fp32: 4.0 s against 4.3 s on 2 Zen 4 cores), so each input signature gets its own
+    compiled model, compiled from the IR on first use (about 4 s for an SD 1.5 UNet); the last ``MAX_SHAPES`` are
+    kept. OpenVINO's model cache is not used: its blob holds the weights once more, so a cache hit reads them into
+    memory on top of the mapped IR (an SD 1.5 UNet in bf16 peaked at 5.2 GB instead of 3.6 GB) to save 1–2 s.
 
     Threads: ``torch.get_num_threads()`` at load, one stream, latency mode, so that a process that pins torch to N
     threads gets N here too and OpenVINO's pool never competes with torch's. An infer request is not thread-safe:
@@ -135,16 +139,13 @@ class OpenVinoModel:
 
     MAX_SHAPES = 4
 
-    def __init__(self, path, inputs, outputs, dtype, cache_dir=None, int8=False):
+    def __init__(self, path, inputs, outputs, dtype, int8=False):
         import openvino as ov
 
         self.core, self.path = ov.Core(), str(path)
-        precision = OPENVINO_PRECISION[dtype]
-        # one model-cache folder per precision: OpenVINO's cache key leaves the precision hint out, so a bf16 blob of
-        # the same graph and shapes would be handed to an fp32 engine (seen with 2026.4)
-        cache = Path(cache_dir or cache_root() / "openvino") / (precision + ("-int8" if int8 else ""))
-        self.config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                       "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(cache)}
+        self.config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[dtype],
+                       "INFERENCE_NUM_THREADS": torch.get_num_threads(), "NUM_STREAMS": 1,
+                       "PERFORMANCE_HINT": "LATENCY"}
         if int8:  # int8 weights (compress_int8): activations quantized at run time, per group of channels
             self.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = OPENVINO_INT8_GROUP
         self.inputs, self.outputs = inputs, outputs
@@ -155,7 +156,7 @@ class OpenVinoModel:
         if shapes in self.compiled:
             self.compiled[shapes] = self.compiled.pop(shapes)  # now the most recently used
         else:
-            model = self.core.read_model(self.path)  # weights are memory-mapped: re-reading is cheap
+            model = self.core.read_model(self.path)  # IR weights are memory-mapped: re-reading is cheap
             model.reshape(dict(zip(self.inputs, (list(s) for s in shapes))))
             compiled = self.core.compile_model(model, "CPU", self.config)
             self.compiled[shapes] = compiled, compiled.create_infer_request()

@@ -65,7 +65,7 @@ def device_info(device):
 # What each backend's artifacts are tied to: a change in any of these invalidates an engine directory.
 BACKEND_DEPENDENCIES = {
     "onnx": (),  # ONNX files are portable across onnxruntime versions and devices
-    "openvino": (),  # the same ONNX files; OpenVINO's compiled-blob cache is keyed by its own version and CPU
+    "openvino": (),  # OpenVINO IR is read by later OpenVINO versions, on any CPU, and compiled at load
     "compile": ("torch",),  # AOTInductor packages hold code generated for one torch version and device
     "tensorrt": ("tensorrt",),  # TensorRT plans are tied to the TensorRT version and the GPU model
 }
