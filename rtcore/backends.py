@@ -146,7 +146,7 @@ class OpenVinoModel:
         self.config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[dtype],
                        "INFERENCE_NUM_THREADS": torch.get_num_threads(), "NUM_STREAMS": 1,
                        "PERFORMANCE_HINT": "LATENCY"}
-        if int8:  # int8 weights (compress_int8): activations quantized at run time, per group of channels
+        if int8:  # int8 weights (to_openvino_ir): activations quantized at run time, per group of channels
             self.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = OPENVINO_INT8_GROUP
         self.inputs, self.outputs = inputs, outputs
         self.compiled = {}  # input shapes → (compiled model, its infer request), oldest first

@@ -89,10 +89,7 @@ class CycleDiffusion(Pipeline):
         (rtcore.embed writes these for the C++ runner). Returns (table, x0, z, step_noise, source prompt per item)."""
         eng = self.engines
         n = output_count(batch, num_images_per_prompt)
-        if eng.fixed_size is not None and tuple(pixels.shape[2:]) != tuple(eng.fixed_size):
-            raise ValueError(f"image: this {eng.backend} engine was built for {eng.fixed_size[1]}x{eng.fixed_size[0]} "
-                             f"images, got {pixels.shape[3]}x{pixels.shape[2]}; resize the image or rebuild the "
-                             "engine with --height/--width")
+        self.check_size(*pixels.shape[2:], "image")
         table = step_table(eng.scheduler, num_inference_steps, strength, eta)
         check_generator(generator, n)
         x0, z, step_noise = self.noised_latents(pixels, n, generator, table, len(noisy_steps(table)), timings)

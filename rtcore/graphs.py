@@ -1,4 +1,4 @@
-"""CUDA graphs for the denoising loop: the whole loop for one (step table, guidance, shapes, dtype) is captured
+"""CUDA graphs for the denoising loop: the whole loop for one (step table, rows, shapes, dtype) is captured
 once and then replayed. The per-step scalars of the table are baked into the captured kernels, so a replay
 launches the whole edit with one call and reads nothing back from the device.
 

@@ -192,6 +192,13 @@ class Pipeline:
         z = table.a_start * x0 + table.b_start * draws[1].to(**to_dev)
         return x0, z, draws[2:].to(**to_dev)
 
+    def check_size(self, height, width, name):
+        """Engines built for one image size (compile, tensorrt) refuse any other, naming the parameter."""
+        fixed = self.engines.fixed_size
+        if fixed is not None and (height, width) != tuple(fixed):
+            raise ValueError(f"{name}: this {self.engines.backend} engine was built for {fixed[1]}x{fixed[0]} images, "
+                             f"got {width}x{height}; resize the image or rebuild the engine with --height/--width")
+
     def _finish(self, x, output_type, return_dict, timings):
         eng = self.engines
         nsfw = None

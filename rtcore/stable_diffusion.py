@@ -72,9 +72,7 @@ class StableDiffusion(Pipeline):
             if isinstance(value, bool) or not isinstance(value, int) or value < f or value % f:
                 raise ValueError(f"{name} must be a positive multiple of {f}, got {value!r}")
         check_pixels(width, height, MAX_PIXELS, "height x width")
-        if eng.fixed_size is not None and (height, width) != tuple(eng.fixed_size):
-            raise ValueError(f"height/width: this {eng.backend} engine was built for {eng.fixed_size[1]}x"
-                             f"{eng.fixed_size[0]}; rebuild it with --height/--width")
+        self.check_size(height, width, "height/width")
         prompts, negatives, n = self._prompts(prompt, negative_prompt, 1, num_images_per_prompt)
         check_generator(generator, n)
         shape = (n, eng.latent_channels, height // f, width // f)
@@ -97,9 +95,7 @@ class StableDiffusion(Pipeline):
         eng = self.engines
         self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
         pixels = preprocess(image, eng.vae_scale_factor)
-        if eng.fixed_size is not None and tuple(pixels.shape[2:]) != tuple(eng.fixed_size):
-            raise ValueError(f"image: this {eng.backend} engine was built for {eng.fixed_size[1]}x"
-                             f"{eng.fixed_size[0]} images; resize the image or rebuild the engine")
+        self.check_size(*pixels.shape[2:], "image")
         prompts, negatives, n = self._prompts(prompt, negative_prompt, pixels.shape[0], num_images_per_prompt)
         check_generator(generator, n)
         table = step_table(eng.scheduler, num_inference_steps, strength, eta)
