@@ -122,8 +122,40 @@ def to_openvino_ir(onnx_path, folder, dtype, int8=False):
     return path
 
 
+def build_plan(onnx_path, plan_path, profile, dtype=torch.float16, timing_cache=None, workspace_gb=8):
+    """Parses an ONNX file exported in ``dtype`` and serialises a strongly typed TensorRT plan for the given
+    (min, opt, max) profile: every tensor keeps the ONNX's type (``dtype`` only names the build in errors).
+
+    Strongly typed because the ONNX is exported in the engine's dtype, so its types are the ones wanted: TensorRT 11
+    removed the weak-typing flags (``BuilderFlag.FP16``/``BF16``), and TensorRT 10 (from 9.1) builds the same
+    strongly typed network when asked with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gb << 30)
+    opt_profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile.items():
+        opt_profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(opt_profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT failed to build a {dtype} engine for {onnx_path} (its log above says why)")
+    plan_path.write_bytes(bytes(plan))
+    if timing_cache is not None:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return plan_path
+
+
 def _export_tensorrt(contract, folder, dtype):
-    from rtcore.tensorrt_engine import build_plan
 
     onnx_path = _export_onnx(contract, folder)
     return build_plan(onnx_path, folder / "model.plan", contract.profile, dtype=dtype,
@@ -142,7 +174,7 @@ def _check_options(backend, dtype, kernels, int8, device):
     if int8 and backend == "openvino" and dtype != torch.bfloat16:
         raise ValueError("int8 openvino engines run the rest of the UNet in bf16: pass dtype='bf16' (--dtype bf16)")
     if backend == "tensorrt":
-        from rtcore.tensorrt_engine import require_tensorrt
+        from rtcore.backends import require_tensorrt
 
         require_tensorrt()
         if device.type != "cuda":

@@ -66,6 +66,18 @@ def embed_timestep(time_embedding, timestep, sample, cfg):
     return time_embedding(t_emb.to(sample.dtype))
 
 
+def add_unet_ends(unet, cfg):
+    """The layers every diffusers UNet has around its blocks, under diffusers' names: the input convolution and the
+    timestep MLP before, GroupNorm → SiLU → convolution after. Returns the timestep embedding's width."""
+    ch0, temb_ch = cfg.block_out_channels[0], cfg.block_out_channels[0] * 4
+    unet.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
+    unet.time_embedding = TimestepEmbedding(ch0, temb_ch)
+    unet.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch0, eps=cfg.norm_eps)
+    unet.conv_act = nn.SiLU()
+    unet.conv_out = nn.Conv2d(ch0, cfg.out_channels, 3, padding=1)
+    return temb_ch
+
+
 class ResnetBlock2D(nn.Module):
     """GroupNorm → SiLU → conv, plus the (optional) timestep projection, and a 1×1 shortcut when channels change."""
 

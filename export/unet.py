@@ -14,9 +14,9 @@ from torch import nn
 from .layers import (
     Downsample2D,
     ResnetBlock2D,
-    TimestepEmbedding,
     Transformer2DModel,
     Upsample2D,
+    add_unet_ends,
     config_from_dict,
     embed_timestep,
 )
@@ -156,13 +156,10 @@ class UNet(nn.Module):
         self.config = cfg
         ch = cfg.block_out_channels
         n = len(ch)
-        temb_ch = ch[0] * 4
+        temb_ch = add_unet_ends(self, cfg)
         heads = cfg.heads
         layers = cfg.per_block(cfg.layers_per_block)
         tlayers = cfg.per_block(cfg.transformer_layers_per_block)
-
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
-        self.time_embedding = TimestepEmbedding(ch[0], temb_ch)
 
         self.down_blocks = nn.ModuleList()
         out_ch = ch[0]
@@ -183,10 +180,6 @@ class UNet(nn.Module):
             cross = kind == CROSS_UP
             self.up_blocks.append(UpBlock(in_ch, out_ch, prev_out, temb_ch, rlayers[i] + 1, cfg,
                                           rheads[i] if cross else None, rtlayers[i], upsample=i < n - 1))
-
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
-        self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
     def forward(self, sample, timestep, encoder_hidden_states):
         temb = embed_timestep(self.time_embedding, timestep, sample, self.config)

@@ -16,8 +16,8 @@ from .layers import (
     Attention,
     Downsample2D,
     ResnetBlock2D,
-    TimestepEmbedding,
     Upsample2D,
+    add_unet_ends,
     config_from_dict,
     embed_timestep,
 )
@@ -93,9 +93,7 @@ class UNet2DModel(nn.Module):
         super().__init__()
         self.config = cfg
         ch, n, layers = cfg.block_out_channels, len(cfg.block_out_channels), cfg.layers_per_block
-        temb_ch = ch[0] * 4
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
-        self.time_embedding = TimestepEmbedding(ch[0], temb_ch)
+        temb_ch = add_unet_ends(self, cfg)
         self.down_blocks = nn.ModuleList()
         out_ch = ch[0]
         for i, kind in enumerate(cfg.down_block_types):
@@ -111,9 +109,6 @@ class UNet2DModel(nn.Module):
             prev, out_ch, skip_in = out_ch, rch[i], rch[min(i + 1, n - 1)]
             channels = [(prev if j == 0 else out_ch) + (skip_in if j == layers else out_ch) for j in range(layers + 1)]
             self.up_blocks.append(Block(channels, out_ch, temb_ch, cfg, kind == ATTN_UP, "up" if i < n - 1 else None))
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
-        self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
     def forward(self, sample, timestep):
         temb = embed_timestep(self.time_embedding, timestep, sample, self.config)

@@ -9,7 +9,8 @@ session really runs (``session.get_providers()``), not the ones that are merely 
 directory holds OpenVINO IR converted from rtcore's ONNX graphs, compiled by OpenVINO's CPU plugin per input shape;
 its manifest's dtype is OpenVINO's inference precision (``bf16`` runs convolutions, GEMMs and attention in bf16 on
 CPUs with avx512_bf16 or AMX). AOTInductor packages
-(``compile``) load with ``torch._inductor.aoti_load_package``, and TensorRT plans with the TensorRT runtime.
+(``compile``) load with ``torch._inductor.aoti_load_package``, and TensorRT plans with the TensorRT runtime
+(``tensorrt``, optional).
 """
 
 import json
@@ -17,6 +18,7 @@ import threading
 from pathlib import Path
 
 import torch
+from torch import cuda  # TensorRTModel's CUDA surface; tests without a GPU put a stub of it in its place
 
 from .engines import Engines, resolve_device, resolve_dtype
 from .manifest import validate
@@ -207,6 +209,80 @@ def _load_aoti(path, device):
     return run
 
 
+# -- TensorRT ---------------------------------------------------------------------------------------------------
+# An optional backend: TensorRT is imported only when it is asked for (the project installs and its tests pass
+# without it), and asking for it where it is missing gives one clear message. The engine runs on torch CUDA
+# tensors: input and output addresses are bound before each ``execute_async_v3``, on a stream of the engine's own
+# that is ordered after torch's current stream and before what follows on it (TensorRT warns against the default
+# stream). A plan is deserialised and run with its device current: TensorRT uses the thread's current device, not
+# the tensors'. One execution context serves all threads, so a lock keeps one caller's shapes and addresses from
+# another's. Plans are built by rtcore.export.build.build_plan.
+
+TENSORRT_ALIGNMENT = 256  # bytes: TensorRT's required alignment of tensor addresses
+
+
+def require_tensorrt():
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        raise ValueError("backend 'tensorrt' needs NVIDIA TensorRT (pip install tensorrt, on a machine with a CUDA "
+                         "GPU); use backend='onnx' or 'compile' otherwise") from None
+
+
+class TensorRTModel:
+    """One deserialised plan behind the engine call signature: torch CUDA tensors in, torch tensors out."""
+
+    def __init__(self, plan_path, inputs, outputs, device):
+        import tensorrt as trt
+
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with cuda.device(device):  # the engine and its context live on the device current when they are made
+            self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
+            if self.engine is None:  # TensorRT logs why (another TensorRT version or GPU) and returns None
+                raise RuntimeError(f"TensorRT could not deserialise {plan_path}; rebuild the engine directory with "
+                                   "this TensorRT on this GPU")
+            self.context = self.engine.create_execution_context()
+        self.inputs, self.outputs, self.device = inputs, outputs, device
+        self.dtypes = {name: _torch_dtype(self.engine.get_tensor_dtype(name)) for name in inputs + outputs}
+        self.stream = cuda.Stream(device)
+        self.lock = threading.Lock()
+
+    def _bind_input(self, name, tensor):
+        tensor = tensor.to(self.dtypes[name]).contiguous()
+        if tensor.data_ptr() % TENSORRT_ALIGNMENT:  # e.g. a one-element slice of the timestep table
+            tensor = tensor.clone()
+        if not self.context.set_input_shape(name, tuple(tensor.shape)):
+            lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+            raise ValueError(f"TensorRT engine input {name!r}: shape {tuple(tensor.shape)} is outside the built "
+                             f"profile ({tuple(lo)} to {tuple(hi)}); rebuild the engine with a larger --batch")
+        self.context.set_tensor_address(name, tensor.data_ptr())
+        return tensor
+
+    def __call__(self, *args):
+        current = cuda.current_stream(self.device)
+        with self.lock, cuda.device(self.device):
+            keep = [self._bind_input(name, tensor) for name, tensor in zip(self.inputs, args)]  # outlive the launch
+            results = []
+            for name in self.outputs:
+                out = torch.empty(tuple(self.context.get_tensor_shape(name)), device=self.device,
+                                  dtype=self.dtypes[name])
+                self.context.set_tensor_address(name, out.data_ptr())
+                results.append(out)
+            self.stream.wait_stream(current)
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            current.wait_stream(self.stream)  # what follows on torch's stream sees the outputs
+            del keep  # freed memory is reused only by work ordered after the launch
+        return results[0] if len(results) == 1 else tuple(results)
+
+
+def _torch_dtype(trt_dtype):
+    import tensorrt as trt
+
+    return {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
+            trt.int64: torch.int64, trt.int32: torch.int32}[trt_dtype]
+
+
 def _load_model(backend, engine_dir, entry, device, dtype, providers):
     path = engine_dir / entry["file"]
     inputs, outputs = tuple(entry["inputs"]), tuple(entry["outputs"])
@@ -216,8 +292,6 @@ def _load_model(backend, engine_dir, entry, device, dtype, providers):
         return OpenVinoModel(path, inputs, outputs, dtype, int8=bool(entry.get("int8")))
     if backend == "compile":
         return _load_aoti(path, device)
-    from .tensorrt_engine import TensorRTModel, require_tensorrt
-
     require_tensorrt()
     return TensorRTModel(path, inputs, outputs, device)
 

@@ -1,5 +1,5 @@
 """Stubs of APIs that cannot exist on a machine without a GPU, for the tests that check rtcore's use of them: the
-part of ``torch.cuda`` that rtcore.graphs and rtcore.tensorrt_engine call, and the ``tensorrt`` module (10.x and
+part of ``torch.cuda`` that rtcore.graphs and rtcore.backends (TensorRT) call, and the ``tensorrt`` module (10.x and
 11.x surfaces). Each keeps the state and the failures of the real API that the tests are about, nothing more."""
 
 import contextlib

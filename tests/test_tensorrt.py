@@ -1,4 +1,5 @@
-"""rtcore.tensorrt_engine against stubs of TensorRT 10.x and 11.x (TensorRT cannot be installed without a GPU)."""
+"""The TensorRT backend (rtcore.backends.TensorRTModel, rtcore.export.build.build_plan) against stubs of TensorRT
+10.x and 11.x (TensorRT cannot be installed without a GPU)."""
 
 import sys
 
@@ -16,7 +17,7 @@ def test_build_plan_is_strongly_typed_on_tensorrt_10_and_11(major, dtype, monkey
     the target dtype, so a strongly typed network builds the same engine on 10.x and 11.x."""
     trt = stub_tensorrt(major)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    from rtcore.tensorrt_engine import build_plan
+    from rtcore.export.build import build_plan
 
     cache = tmp_path / "timing.cache"
     plan = build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, dtype=dtype, timing_cache=cache)
@@ -28,13 +29,13 @@ def test_build_plan_is_strongly_typed_on_tensorrt_10_and_11(major, dtype, monkey
 
 def test_tensorrt_model_deserialises_and_runs_on_its_own_device(monkeypatch, tmp_path):
     """TensorRT binds an engine to the thread's current device: a cuda:1 engine must be made with cuda:1 current."""
-    from rtcore import tensorrt_engine
+    from rtcore import backends
 
     cuda = StubCuda()
-    monkeypatch.setattr(tensorrt_engine, "cuda", cuda)
+    monkeypatch.setattr(backends, "cuda", cuda)
     monkeypatch.setitem(sys.modules, "tensorrt", stub_tensorrt(11, current_device=lambda: cuda.current_device))
     (tmp_path / "model.plan").write_bytes(b"plan")
-    model = tensorrt_engine.TensorRTModel(tmp_path / "model.plan", ("sample",), ("out",), torch.device("cuda", 1))
+    model = backends.TensorRTModel(tmp_path / "model.plan", ("sample",), ("out",), torch.device("cuda", 1))
     assert model.engine.device == 1 and model.context.device == 1
     assert cuda.current_device == 0  # the caller's device is current again
     assert model.dtypes == {"sample": torch.float16, "out": torch.float16}
