@@ -16,6 +16,9 @@ setup(
     python_requires=">=3.10",
     packages=["rtcore", "rtcore.kernels", "rtcore.export", "rtcore.bench"],
     package_dir={"rtcore": "rtcore", "rtcore.kernels": "kernels", "rtcore.export": "export", "rtcore.bench": "bench"},
+    # the one trained model that ships with rtcore (rtcore.export.train_shapes): fp16 safetensors, configs, tokenizer
+    package_data={"rtcore": ["models/rtcore-shapes/*.json", "models/rtcore-shapes/*/*.json",
+                             "models/rtcore-shapes/*/*.txt", "models/rtcore-shapes/*/*.safetensors"]},
     install_requires=[
         "torch>=2.1",
         "numpy",

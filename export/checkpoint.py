@@ -1,4 +1,5 @@
-"""Checkpoint loading: a diffusers-layout folder (or a hub id) → reference models, safetensors only.
+"""Checkpoint loading: a diffusers-layout folder (a hub id, or a model shipped with rtcore) → reference models,
+safetensors only.
 
 Layout read: model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/. Weights come from
 ``*.safetensors`` files (single or sharded with an ``.index.json``); pickle files (``.bin``, ``.ckpt``, ``.pt``) are
@@ -19,6 +20,8 @@ from .vae import AutoencoderKL, VAEConfig
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+# models inside the package (rtcore/models/): the one trained model, rtcore.export.train_shapes' output
+SHIPPED = ("rtcore-shapes",)
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # what a hub download fetches: configs, safetensors weights, the tokenizer, and the safety checker's image
 # preprocessing (feature_extractor/), which safety_checker=True needs; never pickle weights
@@ -40,12 +43,27 @@ class Checkpoint:
     scheduler_config: dict
 
 
+def shipped_model(name):
+    """The folder of a model that ships inside the rtcore package (rtcore/models/NAME), or None."""
+    import rtcore
+
+    if name not in SHIPPED:
+        return None
+    folder = Path(rtcore.__file__).resolve().parent / "models" / name
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{name} ships with rtcore but {folder} is incomplete; reinstall rtcore")
+    return folder
+
+
 def resolve(path_or_id) -> Path:
-    """A local checkpoint folder as it is, or a hub id ("org/name") downloaded once (safetensors and configs only)."""
+    """A local checkpoint folder as it is, a model shipped with rtcore ("rtcore-shapes"), or a hub id ("org/name")
+    downloaded once (safetensors and configs only)."""
     path = Path(os.path.expanduser(str(path_or_id)))
     if path.is_dir():
         return path
     name = str(path_or_id)
+    if name in SHIPPED:
+        return shipped_model(name)
     if path.exists():
         raise ValueError(f"model path {name} is a file; expected a diffusers-layout folder "
                          f"(model_index.json, {', '.join(SUBFOLDERS)})")

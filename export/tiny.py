@@ -86,30 +86,52 @@ def tiny_vocab(words=DEMO_WORDS):
     return vocab, merges
 
 
-def _write_json(path, obj):
+def write_json(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2))
 
 
-def _save_model(folder, model, config, filename="diffusion_pytorch_model.safetensors"):
+def save_model(folder, model, config, filename="diffusion_pytorch_model.safetensors"):
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "config.json", config)
+    write_json(folder / "config.json", config)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / filename))
 
 
-def _write_tokenizer(folder):
-    vocab, merges = tiny_vocab()
+def write_tokenizer(folder, words=DEMO_WORDS):
+    vocab, merges = tiny_vocab(words)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "vocab.json", vocab)
+    write_json(folder / "vocab.json", vocab)
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    _write_json(folder / "special_tokens_map.json", {
+    write_json(folder / "special_tokens_map.json", {
         "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>"})
-    _write_json(folder / "tokenizer_config.json", {
+    write_json(folder / "tokenizer_config.json", {
         "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
         "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>"})
     return vocab
+
+
+def write_model_index(root):
+    """model_index.json of a Stable Diffusion pipeline folder (no safety checker)."""
+    write_json(root / "model_index.json", {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None], "requires_safety_checker": False})
+
+
+def clip_config(text_cfg, vocab):
+    """transformers' CLIPTextConfig for a text config of this file and a vocabulary from ``tiny_vocab``."""
+    from transformers import CLIPTextConfig
+
+    text = dict(text_cfg)
+    text.setdefault("vocab_size", len(vocab))
+    config = CLIPTextConfig(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                            pad_token_id=vocab["<|endoftext|>"], **text)
+    config.architectures = ["CLIPTextModel"]
+    return config
 
 
 # preset → (unet config, vae config, text config, prediction type)
@@ -138,7 +160,7 @@ def make_random_checkpoint(path, preset="tiny", seed=0, dtype=torch.float32):
     upcast attention) are toy-sized for tests. "sd15" and "sd21" have the real SD 1.5 / 2.1-768 shapes with
     small random weights, for benchmarks: several GB, so pass dtype=torch.float16 to halve the disk.
     """
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -148,32 +170,23 @@ def make_random_checkpoint(path, preset="tiny", seed=0, dtype=torch.float32):
     unet_cfg, vae_cfg, text_cfg, prediction_type = PRESETS[preset]
     real_size = not preset.startswith("tiny")
     torch.manual_seed(seed)
-    vocab = _write_tokenizer(root / "tokenizer")
+    vocab = write_tokenizer(root / "tokenizer")
 
     models = []
     unet_cfg = dict(unet_cfg, _class_name="UNet2DConditionModel")
     models.append((root / "unet", UNet(UNetConfig.from_dict(unet_cfg)), unet_cfg, "diffusion_pytorch_model"))
     vae_cfg = dict(vae_cfg, _class_name="AutoencoderKL")
     models.append((root / "vae", AutoencoderKL(VAEConfig.from_dict(vae_cfg)), vae_cfg, "diffusion_pytorch_model"))
-    text = dict(text_cfg)
-    text.setdefault("vocab_size", len(vocab))
-    clip_cfg = CLIPTextConfig(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                              pad_token_id=vocab["<|endoftext|>"], **text)
-    clip_cfg.architectures = ["CLIPTextModel"]
+    clip_cfg = clip_config(text_cfg, vocab)
     models.append((root / "text_encoder", CLIPTextModel(clip_cfg), clip_cfg.to_dict(), "model"))
     for folder, model, config, stem in models:
         if real_size:
             _gentle_init(model)
-        _save_model(folder, model.to(dtype), config, filename=f"{stem}.safetensors")
+        save_model(folder, model.to(dtype), config, filename=f"{stem}.safetensors")
 
     scheduler = dict(SCHEDULER_CONFIG, prediction_type=prediction_type)
-    _write_json(root / "scheduler" / "scheduler_config.json", scheduler)
-    _write_json(root / "model_index.json", {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "requires_safety_checker": False})
+    write_json(root / "scheduler" / "scheduler_config.json", scheduler)
+    write_model_index(root)
     return root
 
 
@@ -200,9 +213,9 @@ def make_tiny_ddpm(path, seed=0):
         raise FileExistsError(f"{root} exists and is not empty; choose a new folder")
     torch.manual_seed(seed)
     config = dict(TINY_DDPM_UNET, _class_name="UNet2DModel")
-    _save_model(root / "unet", UNet2DModel(UNet2DConfig.from_dict(config)), config)
-    _write_json(root / "scheduler" / "scheduler_config.json", DDPM_SCHEDULER)
-    _write_json(root / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
+    save_model(root / "unet", UNet2DModel(UNet2DConfig.from_dict(config)), config)
+    write_json(root / "scheduler" / "scheduler_config.json", DDPM_SCHEDULER)
+    write_json(root / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
                                             "unet": ["diffusers", "UNet2DModel"],
                                             "scheduler": ["diffusers", "DDPMScheduler"]})
     return root
