@@ -116,8 +116,8 @@ def _serve(args):
 def _demo(args):
     from rtcore.demo import run_demo
 
-    run_demo(args.out_dir, steps=args.steps, strength=args.strength, size=args.size, seed=args.seed,
-             device=args.device)
+    run_demo(args.out_dir, steps=args.steps, strength=args.strength, scene=args.scene, seed=args.seed,
+             device=args.device, checkpoint=args.model)
 
 
 def _engine_options(parser, backend=True, dtype=True):
@@ -222,14 +222,16 @@ def build_parser():
     _engine_options(tr, backend=False, dtype=False)
     tr.set_defaults(run=_translate)
 
-    sub.add_parser("bench", help="benchmark rtcore backends against diffusers (see rtcore bench --help)")
+    sub.add_parser("bench", help="benchmark rtcore backends against diffusers (see rtcore bench --help); "
+                                 "rtcore bench quality: edit quality on the shipped model")
     sub.add_parser("selfcheck", help="on a GPU: check and measure every GPU path, write docs/BENCHMARKS.md "
                                      "(see rtcore selfcheck --help)")
-    demo = sub.add_parser("demo", help="edit a drawn sample image with the tiny random checkpoint (offline)")
-    demo.add_argument("--out-dir", default="demo_out", help="where before.png and after.png go")
+    demo = sub.add_parser("demo", help="edit a held-out shapes scene three ways with the shipped model (offline)")
+    demo.add_argument("--out-dir", default="demo_out", help="where grid.png and the images go")
+    demo.add_argument("--model", default="rtcore-shapes", help="checkpoint (default: the shipped rtcore-shapes)")
+    demo.add_argument("--scene", type=int, default=0, help="which held-out scene of rtcore.shapes")
     demo.add_argument("--steps", type=int, default=50)
-    demo.add_argument("--strength", type=float, default=0.8)
-    demo.add_argument("--size", type=int, default=128, help="sample image side in pixels")
+    demo.add_argument("--strength", type=float, default=0.6)
     demo.add_argument("--seed", type=int, default=0)
     _engine_options(demo, backend=False, dtype=False)
     demo.set_defaults(run=_demo)
@@ -238,6 +240,11 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "quality"]:  # edit quality on the shipped model: rtcore bench quality --help
+        from rtcore.bench.quality import main as quality_main
+
+        quality_main(argv[2:])
+        return 0
     if argv[:1] == ["bench"]:  # the harness owns its options: rtcore bench --help
         from rtcore.bench.bench_edit import main as bench_main
 

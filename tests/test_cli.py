@@ -55,15 +55,6 @@ def test_edit_missing_model(input_png, tmp_path):
     assert result.returncode == 2 and "not found" in result.stderr
 
 
-def test_demo(tmp_path):
-    result = rtcore("demo", "--out-dir", str(tmp_path), "--steps", "5", "--size", "64")
-    assert result.returncode == 0, result.stderr
-    for name in ("before.png", "after.png"):
-        assert PIL.Image.open(tmp_path / name).size == (64, 64)
-    for stage in ("vae_encode", "text_encode", "denoise", "vae_decode"):
-        assert stage in result.stdout
-
-
 def test_generate_and_img2img(tiny_sd1, input_png, tmp_path):
     out = tmp_path / "gen.png"
     result = rtcore("generate", "--model", str(tiny_sd1), "--prompt", "a horse", "--out", str(out), "--steps", "3",

@@ -1,0 +1,282 @@
+"""Edit quality on trained weights: CycleDiffusion against SDEdit on the shapes world, judged by its ground truth.
+
+    python -m rtcore.bench.quality --out bench_out/quality        # also: rtcore bench quality ...
+                                                                  # ~15 min on 2 cores with the defaults
+
+On held-out scenes of rtcore.shapes, every scene is edited three ways: its colour, its shape, its background (the
+target is the scene with that one attribute changed, so the ground truth of the result is known). For each
+method and strength the reader (rtcore.shapes.read) measures, from pixels alone:
+- success: the edited attribute reads as the target;
+- kept: the other two attributes still read as the source's;
+- preservation: IoU of the object mask with the source's and the shift of its centre (colour and background
+  edits: the object should not move), and the PSNR of what the edit should not touch (the background outside the
+  object for colour and shape edits, the object for background edits).
+Methods: CycleDiffusion (η = 0.1, rtcore's default), CycleDiffusion with η = 0 (the DPM-Encoder without noise:
+the latent is then the DDIM trajectory of a forward-noised image), and SDEdit (img2img, DDIM, same strength, steps
+and guidance). The same model, seed and steps for all.
+
+Also measured: the VAE's reconstruction PSNR, text-to-image (does a generated image read as its prompt's colour
+and shape), and precision drift — the same CycleDiffusion edits in bf16 (and OpenVINO bf16/int8 when installed)
+against fp32: PSNR of the edited images and the change in success rate.
+
+Writes quality.json, quality.md and quality.png (success against preservation, one panel per edit kind).
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rtcore import shapes
+
+from .common import header, psnr
+
+KINDS = ("colour", "shape", "background")
+VALUES = {"colour": tuple(shapes.COLOURS), "shape": shapes.SHAPES, "background": shapes.BACKGROUNDS}
+METHODS = ("cycle", "cycle-eta0", "sdedit")
+
+
+def edit_targets(scenes, kind):
+    """The target scene of each source for an edit of ``kind``: targets cycle through the other values, so each
+    value is a target about equally often."""
+    values = VALUES[kind]
+    targets = []
+    for i, s in enumerate(scenes):
+        others = [v for v in values if v != getattr(s, kind)]
+        targets.append(shapes.with_attribute(s, kind, others[i % len(others)]))
+    return targets
+
+
+def _dilate(mask, r):
+    out = mask.copy()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            out |= np.roll(np.roll(mask, dy, 0), dx, 1)
+    return out
+
+
+def judge(source, target, kind, edited):
+    """Scores of one edit: source/target Scene, edited uint8 (64, 64, 3)."""
+    original, coverage = shapes.render(source)
+    truth = coverage > 0.5
+    got = shapes.read(edited)
+    others = [k for k in KINDS if k != kind]
+    scores = {"success": getattr(got, kind) == getattr(target, kind),
+              "kept": all(getattr(got, k) == getattr(source, k) for k in others)}
+    if kind == "background":  # the object is what must stay
+        region = ~_dilate(~truth, 2)
+    else:  # the background away from the old (and, for shape edits, the new) object
+        region = ~_dilate(truth | got.mask, 2)
+    scores["psnr_kept"] = psnr(edited[region] / 255.0, original[region] / 255.0) if region.any() else None
+    if kind != "shape":
+        union = (got.mask | truth).sum()
+        scores["iou"] = float((got.mask & truth).sum() / union) if union else 0.0
+        scores["shift"] = (math.dist(got.centre, (source.cx - 0.5, source.cy - 0.5)) if got.centre is not None
+                           else None)
+    return scores
+
+
+def summarize(rows):
+    """Mean of each score over the rows (booleans as rates); None-valued scores left out."""
+    out = {"n": len(rows)}
+    for key in rows[0]:
+        values = [float(r[key]) for r in rows if r.get(key) is not None and not math.isinf(float(r[key]))]
+        out[key] = float(np.mean(values)) if values else None
+    return out
+
+
+def run_edits(cycle, sd, method, scenes, targets, strength, steps, guidance, seed):
+    """Edited images (N, 64, 64, 3) uint8 of one method, the whole batch in one call."""
+    images = [shapes.image(s) for s in scenes]
+    kw = dict(prompt=[t.caption for t in targets], image=images, strength=strength, num_inference_steps=steps,
+              guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np")
+    if method == "sdedit":
+        out = sd.img2img(eta=0.0, **kw)
+    else:
+        out = cycle(source_prompt=[s.caption for s in scenes], eta=0.1 if method == "cycle" else 0.0, **kw)
+    return np.clip(np.rint(out.images * 255), 0, 255).astype(np.uint8)
+
+
+def vae_psnr(cycle, scenes):
+    """Mean reconstruction PSNR (dB) of the VAE (posterior mean, decoded) on ``scenes``."""
+    eng = cycle.engines
+    pixels = torch.from_numpy(np.stack([shapes.render(s)[0] for s in scenes])).permute(0, 3, 1, 2).float()
+    pixels = pixels / 127.5 - 1
+    with torch.inference_mode():
+        mean, _ = eng.vae_encode(pixels.to(eng.device, eng.dtype))
+        recon = eng.vae_decode(mean).float().clamp(-1, 1).cpu()
+    return float(np.mean([psnr(r, p, peak=2.0) for r, p in zip(recon.numpy(), pixels.numpy())]))
+
+
+def text_to_image(sd, scenes, steps, guidance, seed):
+    """Rate at which a generated image reads as its prompt's colour and shape (and background)."""
+    out = sd.text_to_image([s.caption for s in scenes], height=shapes.SIZE, width=shapes.SIZE,
+                           num_inference_steps=steps, guidance_scale=guidance,
+                           generator=torch.Generator().manual_seed(seed), output_type="np")
+    readings = [shapes.read(np.clip(np.rint(im * 255), 0, 255).astype(np.uint8)) for im in out.images]
+    return {"n": len(scenes),
+            "colour_and_shape": float(np.mean([r.colour == s.colour and r.shape == s.shape
+                                               for r, s in zip(readings, scenes)])),
+            "colour": float(np.mean([r.colour == s.colour for r, s in zip(readings, scenes)])),
+            "shape": float(np.mean([r.shape == s.shape for r, s in zip(readings, scenes)])),
+            "background": float(np.mean([r.background == s.background for r, s in zip(readings, scenes)]))}
+
+
+def load(model, variant):
+    """(CycleDiffusion, StableDiffusion) sharing one set of engines, for a precision variant."""
+    from rtcore import CycleDiffusion
+    from rtcore.stable_diffusion import StableDiffusion
+
+    if variant == "fp32":
+        cycle = CycleDiffusion.from_pretrained(model)
+    elif variant == "bf16":
+        cycle = CycleDiffusion.from_pretrained(model, dtype=torch.bfloat16)
+    elif variant in ("openvino-bf16", "openvino-int8"):
+        cycle = CycleDiffusion.from_pretrained(model, backend="openvino", dtype=torch.bfloat16,
+                                               int8=variant.endswith("int8"), height=shapes.SIZE, width=shapes.SIZE)
+    else:
+        raise ValueError(f"precision must be fp32, bf16, openvino-bf16 or openvino-int8, got {variant!r}")
+    return cycle, StableDiffusion(cycle.engines)
+
+
+def run(model, n_images, strengths, steps, guidance, precisions, seed, log=print):
+    scenes = shapes.held_out(n_images)
+    report = {**header(), "model": str(model), "images": n_images, "steps": steps, "guidance_scale": guidance,
+              "seed": seed, "strengths": list(strengths), "edits": [], "drift": []}
+    cycle, sd = load(model, "fp32")
+    report["vae_psnr_db"] = vae_psnr(cycle, scenes)
+    log(f"VAE reconstruction PSNR {report['vae_psnr_db']:.2f} dB on {n_images} held-out scenes")
+    start = time.perf_counter()
+    report["text_to_image"] = text_to_image(sd, scenes, steps, guidance, seed)
+    log(f"text-to-image reads as prompted (colour and shape): {report['text_to_image']['colour_and_shape']:.1%} "
+        f"({time.perf_counter() - start:.0f} s)")
+    reference = {}  # fp32 CycleDiffusion images at the middle strength: the drift baseline
+    middle = strengths[len(strengths) // 2]
+    for kind in KINDS:
+        targets = edit_targets(scenes, kind)
+        for method in METHODS:
+            for strength in strengths:
+                start = time.perf_counter()
+                edited = run_edits(cycle, sd, method, scenes, targets, strength, steps, guidance, seed)
+                if method == "cycle" and strength == middle:
+                    reference[kind] = edited
+                scores = summarize([judge(s, t, kind, e) for s, t, e in zip(scenes, targets, edited)])
+                report["edits"].append({"kind": kind, "method": method, "strength": strength, **scores,
+                                        "seconds": time.perf_counter() - start})
+                log(f"{kind:<10} {method:<10} strength {strength:.2f}: success {scores['success']:.0%}  "
+                    f"kept {scores['kept']:.0%}  PSNR kept {scores['psnr_kept'] or float('nan'):.1f} dB  "
+                    f"IoU {scores.get('iou') or float('nan'):.2f}")
+    for variant in precisions:
+        if variant == "fp32":
+            continue
+        try:
+            v_cycle, v_sd = load(model, variant)
+        except (ImportError, RuntimeError, ValueError) as err:
+            log(f"{variant}: skipped ({type(err).__name__}: {err})")
+            continue
+        for kind in KINDS:
+            targets = edit_targets(scenes, kind)
+            edited = run_edits(v_cycle, v_sd, "cycle", scenes, targets, middle, steps, guidance, seed)
+            ours = summarize([judge(s, t, kind, e) for s, t, e in zip(scenes, targets, edited)])
+            base = summarize([judge(s, t, kind, e) for s, t, e in zip(scenes, targets, reference[kind])])
+            row = {"precision": variant, "kind": kind, "strength": middle,
+                   "psnr_vs_fp32_db": float(np.mean([psnr(a / 255.0, b / 255.0)
+                                                     for a, b in zip(edited, reference[kind])])),
+                   "max_abs_vs_fp32": int(np.abs(edited.astype(int) - reference[kind].astype(int)).max()),
+                   "success": ours["success"], "success_fp32": base["success"]}
+            report["drift"].append(row)
+            log(f"{variant:<14} {kind:<10}: PSNR vs fp32 {row['psnr_vs_fp32_db']:.1f} dB, success "
+                f"{row['success']:.0%} (fp32 {row['success_fp32']:.0%})")
+    return report
+
+
+def markdown(report):
+    lines = [f"Model `{report['model']}`, {report['images']} held-out scenes, {report['steps']} steps, guidance "
+             f"{report['guidance_scale']}, seed {report['seed']}; {report['device_name']}, "
+             f"{report['torch_threads']} threads, {report['date']}.", "",
+             f"- VAE reconstruction PSNR: {report['vae_psnr_db']:.2f} dB",
+             f"- text-to-image reads as prompted: colour and shape {report['text_to_image']['colour_and_shape']:.0%} "
+             f"(colour {report['text_to_image']['colour']:.0%}, shape {report['text_to_image']['shape']:.0%}, "
+             f"background {report['text_to_image']['background']:.0%})", "",
+             "| edit | method | strength | success | kept | PSNR kept (dB) | object IoU | centre shift (px) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def f(value, spec):
+        return "—" if value is None else format(value, spec)
+
+    for r in report["edits"]:
+        lines.append(f"| {r['kind']} | {r['method']} | {r['strength']:.2f} | {r['success']:.0%} | {r['kept']:.0%} | "
+                     f"{f(r['psnr_kept'], '.1f')} | {f(r.get('iou'), '.2f')} | {f(r.get('shift'), '.2f')} |")
+    if report["drift"]:
+        lines += ["", "| precision | edit | PSNR vs fp32 (dB) | max abs (of 255) | success | success fp32 |",
+                  "|---|---|---|---|---|---|"]
+        for r in report["drift"]:
+            lines.append(f"| {r['precision']} | {r['kind']} | {r['psnr_vs_fp32_db']:.1f} | {r['max_abs_vs_fp32']} | "
+                         f"{r['success']:.0%} | {r['success_fp32']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(4.2 * len(KINDS), 3.6))
+    for ax, kind in zip(axes, KINDS):
+        for method, marker in zip(METHODS, "osd"):
+            rows = [r for r in report["edits"] if r["kind"] == kind and r["method"] == method]
+            ax.plot([r["success"] for r in rows], [r["psnr_kept"] for r in rows], marker=marker, label=method)
+            for r in rows:
+                ax.annotate(f"{r['strength']:.2f}", (r["success"], r["psnr_kept"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set_title(f"{kind} edits")
+        ax.set_xlabel("success rate")
+        ax.set_ylabel("PSNR of what should stay (dB)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="rtcore bench quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="rtcore-shapes", help="a checkpoint of the shapes world")
+    parser.add_argument("--images", type=int, default=100, help="held-out scenes per edit kind")
+    parser.add_argument("--strengths", default="0.4,0.55,0.7,0.85")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps over the whole schedule (as strength 1)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--precisions", default="fp32,bf16,openvino-bf16,openvino-int8",
+                        help="drift of CycleDiffusion edits against fp32 ('' for none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", default="bench_out/quality")
+    args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f"--images must be at least 1, got {args.images}")
+    try:
+        strengths = [float(s) for s in args.strengths.split(",")]
+    except ValueError:
+        parser.error(f"--strengths must be comma-separated numbers in (0, 1], got {args.strengths!r}")
+    if not strengths or not all(0 < s <= 1 for s in strengths):
+        parser.error(f"--strengths must be comma-separated numbers in (0, 1], got {args.strengths!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(args.model, args.images, strengths, args.steps, args.guidance_scale,
+                 [p for p in args.precisions.split(",") if p], args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps(report, indent=2))
+    (out / "quality.md").write_text(markdown(report))
+    plot(report, out / "quality.png")
+    print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and {out / 'quality.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

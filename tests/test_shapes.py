@@ -1,0 +1,162 @@
+"""The shapes world (rtcore.shapes), its reader, and the trained model that ships with rtcore (rtcore-shapes)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rtcore import shapes
+from rtcore.bench.common import psnr
+
+
+def test_scenes_are_reproducible_and_sets_disjoint():
+    assert shapes.scene(7) == shapes.scene(7)
+    assert shapes.scene(7) != shapes.scene(8)
+    assert set(shapes.TRAIN_SEEDS).isdisjoint(shapes.HELD_OUT_SEEDS[:1000])
+    a, b = shapes.render(shapes.held_out(1)[0])[0], shapes.render(shapes.held_out(1)[0])[0]
+    assert a.dtype == np.uint8 and a.shape == (64, 64, 3) and np.array_equal(a, b)
+    assert shapes.scene(0).caption.startswith("a ") and shapes.scene(0).caption.endswith(" background")
+
+
+def test_held_out_set_covers_every_attribute():
+    scenes = shapes.held_out(100)
+    assert {s.colour for s in scenes} == set(shapes.COLOURS)
+    assert {s.shape for s in scenes} == set(shapes.SHAPES)
+    assert {s.background for s in scenes} == set(shapes.BACKGROUNDS)
+
+
+def test_reader_reads_the_ground_truth():
+    """The judge of every quality number: on rendered scenes it must read exactly what was drawn."""
+    for s in shapes.held_out(60):
+        image, coverage = shapes.render(s)
+        got = shapes.read(image)
+        assert (got.colour, got.shape, got.background) == (s.colour, s.shape, s.background), s
+        truth = coverage > 0.5
+        assert (got.mask & truth).sum() / (got.mask | truth).sum() > 0.85
+        assert abs(got.centre[0] - (s.cx - 0.5)) < 1.5 and abs(got.centre[1] - (s.cy - 0.5)) < 1.5
+
+
+def test_reader_sees_changed_attributes():
+    s = shapes.held_out(1)[0]
+    for kind, values in (("colour", shapes.COLOURS), ("shape", shapes.SHAPES), ("background", shapes.BACKGROUNDS)):
+        for value in values:
+            got = shapes.read(shapes.render(shapes.with_attribute(s, kind, value))[0])
+            assert getattr(got, kind) == value
+
+
+def test_reader_on_an_empty_image():
+    got = shapes.read(np.full((64, 64, 3), 245, np.uint8))
+    assert got.colour is None and got.shape is None and got.background == "white"
+
+
+def test_with_attribute_rejects_unknown_attribute():
+    with pytest.raises(ValueError, match="attribute must be"):
+        shapes.with_attribute(shapes.scene(0), "size", 3)
+
+
+# ---------------------------------------------------------------- the shipped model
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from rtcore.export.checkpoint import resolve
+
+    return resolve("rtcore-shapes")
+
+
+@pytest.fixture(scope="module")
+def shapes_pipe(shipped):
+    from rtcore import CycleDiffusion
+
+    return CycleDiffusion.from_pretrained("rtcore-shapes")
+
+
+def test_shipped_model_is_small_fp16_safetensors(shipped):
+    import rtcore
+
+    assert shipped.parent.parent == __import__("pathlib").Path(rtcore.__file__).resolve().parent
+    files = sorted(shipped.glob("*/*.safetensors"))
+    assert [f.parent.name for f in files] == ["text_encoder", "unet", "vae"]
+    assert sum(f.stat().st_size for f in files) <= 10 * 2**20
+    from safetensors import safe_open
+
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            assert {st.get_slice(k).get_dtype() for k in st.keys()} == {"F16"}
+    provenance = json.loads((shipped / "training.json").read_text())
+    assert provenance["vae_held_out_psnr_db"] >= 30
+
+
+def test_shipped_vae_reconstructs_held_out_scenes(shapes_pipe):
+    from rtcore.bench.quality import vae_psnr
+
+    assert vae_psnr(shapes_pipe, shapes.held_out(32, start=500)) >= 30.0
+
+
+def test_shipped_model_edits_colour(shapes_pipe):
+    """A real edit: the object takes the target colour and stays where and what it was."""
+    from rtcore.bench.quality import edit_targets, judge, run_edits
+    from rtcore.stable_diffusion import StableDiffusion
+
+    scenes = shapes.held_out(6, start=200)
+    targets = edit_targets(scenes, "colour")
+    edited = run_edits(shapes_pipe, StableDiffusion(shapes_pipe.engines), "cycle", scenes, targets, 0.6, 20, 5.0,
+                       seed=0)
+    scores = [judge(s, t, "colour", e) for s, t, e in zip(scenes, targets, edited)]
+    assert sum(s["success"] for s in scores) >= 5  # 6 of 6 on 2026-11-22; random weights get none
+    assert np.mean([s["iou"] for s in scores]) >= 0.65  # 0.77
+    assert np.mean([s["psnr_kept"] for s in scores]) >= 30  # 38 dB: the background stays
+
+
+def test_shipped_model_matches_diffusers(shipped, shapes_pipe):
+    """Parity on trained weights: the same folder in diffusers' CycleDiffusionPipeline gives the same pixels."""
+    from diffusers import CycleDiffusionPipeline
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()
+    oracle = CycleDiffusionPipeline.from_pretrained(shipped, safety_checker=None, feature_extractor=None,
+                                                    requires_safety_checker=False)
+    oracle.set_progress_bar_config(disable=True)
+    s = shapes.held_out(1, start=3)[0]
+    t = shapes.with_attribute(s, "colour", "blue" if s.colour != "blue" else "red")
+    args = dict(prompt=t.caption, source_prompt=s.caption, image=shapes.image(s), num_inference_steps=25,
+                strength=0.7, guidance_scale=5.0, eta=0.1, output_type="np")
+    ours = shapes_pipe(generator=torch.Generator().manual_seed(0), **args).images
+    ref = oracle(generator=torch.Generator().manual_seed(0), **args).images
+    assert np.abs(ours - ref).max() <= 1e-3
+    assert psnr(ours[0], shapes.render(s)[0] / 255.0) > 12  # an image of the scene, not noise
+
+
+def test_demo_writes_the_grid(tmp_path):
+    import PIL.Image
+
+    from rtcore.cli import main
+
+    assert main(["demo", "--out-dir", str(tmp_path), "--steps", "10"]) == 0
+    grid = PIL.Image.open(tmp_path / "grid.png")
+    assert grid.width == 4 * 256
+    for name in ("before", "colour", "shape", "background"):
+        assert PIL.Image.open(tmp_path / f"{name}.png").size == (64, 64)
+
+
+def test_quality_benchmark_writes_its_report(tmp_path, capsys):
+    from rtcore.cli import main
+
+    assert main(["bench", "quality", "--images", "2", "--strengths", "0.5,0.75", "--steps", "4",
+                 "--precisions", "fp32,bf16", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "quality.json").read_text())
+    assert len(report["edits"]) == 3 * 3 * 2  # kinds × methods × strengths
+    assert {r["precision"] for r in report["drift"]} == {"bf16"}
+    assert all(0 <= r["success"] <= 1 for r in report["edits"])
+    assert report["vae_psnr_db"] > 25
+    assert (tmp_path / "quality.png").stat().st_size > 10_000
+    assert "| colour | sdedit | 0.50 |" in (tmp_path / "quality.md").read_text()
+
+
+def test_quality_benchmark_rejects_bad_strengths(capsys):
+    from rtcore.bench.quality import main
+
+    with pytest.raises(SystemExit):
+        main(["--strengths", "0.5,2"])
+    assert "--strengths must be" in capsys.readouterr().err
