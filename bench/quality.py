@@ -51,14 +51,6 @@ def edit_targets(scenes, kind):
     return targets
 
 
-def _dilate(mask, r):
-    out = mask.copy()
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            out |= np.roll(np.roll(mask, dy, 0), dx, 1)
-    return out
-
-
 def judge(source, target, kind, edited):
     """Scores of one edit: source/target Scene, edited uint8 (64, 64, 3)."""
     original, coverage = shapes.render(source)
@@ -68,9 +60,9 @@ def judge(source, target, kind, edited):
     scores = {"success": getattr(got, kind) == getattr(target, kind),
               "kept": all(getattr(got, k) == getattr(source, k) for k in others)}
     if kind == "background":  # the object is what must stay
-        region = ~_dilate(~truth, 2)
+        region = ~shapes.dilate(~truth, 2)
     else:  # the background away from the old (and, for shape edits, the new) object
-        region = ~_dilate(truth | got.mask, 2)
+        region = ~shapes.dilate(truth | got.mask, 2)
     scores["psnr_kept"] = psnr(edited[region] / 255.0, original[region] / 255.0) if region.any() else None
     if kind != "shape":
         union = (got.mask | truth).sum()
@@ -104,8 +96,7 @@ def run_edits(cycle, sd, method, scenes, targets, strength, steps, guidance, see
 def vae_psnr(cycle, scenes):
     """Mean reconstruction PSNR (dB) of the VAE (posterior mean, decoded) on ``scenes``."""
     eng = cycle.engines
-    pixels = torch.from_numpy(np.stack([shapes.render(s)[0] for s in scenes])).permute(0, 3, 1, 2).float()
-    pixels = pixels / 127.5 - 1
+    pixels = shapes.pixels(scenes)
     with torch.inference_mode():
         mean, _ = eng.vae_encode(pixels.to(eng.device, eng.dtype))
         recon = eng.vae_decode(mean).float().clamp(-1, 1).cpu()
@@ -154,7 +145,7 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, log=print
     report["text_to_image"] = text_to_image(sd, scenes, steps, guidance, seed)
     log(f"text-to-image reads as prompted (colour and shape): {report['text_to_image']['colour_and_shape']:.1%} "
         f"({time.perf_counter() - start:.0f} s)")
-    reference = {}  # fp32 CycleDiffusion images at the middle strength: the drift baseline
+    reference = {}  # kind → fp32 CycleDiffusion images and scores at the middle strength: the drift baseline
     middle = strengths[len(strengths) // 2]
     for kind in KINDS:
         targets = edit_targets(scenes, kind)
@@ -162,9 +153,9 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, log=print
             for strength in strengths:
                 start = time.perf_counter()
                 edited = run_edits(cycle, sd, method, scenes, targets, strength, steps, guidance, seed)
-                if method == "cycle" and strength == middle:
-                    reference[kind] = edited
                 scores = summarize([judge(s, t, kind, e) for s, t, e in zip(scenes, targets, edited)])
+                if method == "cycle" and strength == middle:
+                    reference[kind] = edited, scores
                 report["edits"].append({"kind": kind, "method": method, "strength": strength, **scores,
                                         "seconds": time.perf_counter() - start})
                 log(f"{kind:<10} {method:<10} strength {strength:.2f}: success {scores['success']:.0%}  "
@@ -182,12 +173,11 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, log=print
             targets = edit_targets(scenes, kind)
             edited = run_edits(v_cycle, v_sd, "cycle", scenes, targets, middle, steps, guidance, seed)
             ours = summarize([judge(s, t, kind, e) for s, t, e in zip(scenes, targets, edited)])
-            base = summarize([judge(s, t, kind, e) for s, t, e in zip(scenes, targets, reference[kind])])
+            fp32, fp32_scores = reference[kind]
             row = {"precision": variant, "kind": kind, "strength": middle,
-                   "psnr_vs_fp32_db": float(np.mean([psnr(a / 255.0, b / 255.0)
-                                                     for a, b in zip(edited, reference[kind])])),
-                   "max_abs_vs_fp32": int(np.abs(edited.astype(int) - reference[kind].astype(int)).max()),
-                   "success": ours["success"], "success_fp32": base["success"]}
+                   "psnr_vs_fp32_db": float(np.mean([psnr(a / 255.0, b / 255.0) for a, b in zip(edited, fp32)])),
+                   "max_abs_vs_fp32": int(np.abs(edited.astype(int) - fp32.astype(int)).max()),
+                   "success": ours["success"], "success_fp32": fp32_scores["success"]}
             report["drift"].append(row)
             log(f"{variant:<14} {kind:<10}: PSNR vs fp32 {row['psnr_vs_fp32_db']:.1f} dB, success "
                 f"{row['success']:.0%} (fp32 {row['success_fp32']:.0%})")

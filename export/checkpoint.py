@@ -43,18 +43,6 @@ class Checkpoint:
     scheduler_config: dict
 
 
-def shipped_model(name):
-    """The folder of a model that ships inside the rtcore package (rtcore/models/NAME), or None."""
-    import rtcore
-
-    if name not in SHIPPED:
-        return None
-    folder = Path(rtcore.__file__).resolve().parent / "models" / name
-    if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"{name} ships with rtcore but {folder} is incomplete; reinstall rtcore")
-    return folder
-
-
 def resolve(path_or_id) -> Path:
     """A local checkpoint folder as it is, a model shipped with rtcore ("rtcore-shapes"), or a hub id ("org/name")
     downloaded once (safetensors and configs only)."""
@@ -62,8 +50,13 @@ def resolve(path_or_id) -> Path:
     if path.is_dir():
         return path
     name = str(path_or_id)
-    if name in SHIPPED:
-        return shipped_model(name)
+    if name in SHIPPED:  # inside the installed package: rtcore/models/NAME
+        import rtcore
+
+        folder = Path(rtcore.__file__).resolve().parent / "models" / name
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"{name} ships with rtcore but {folder} is incomplete; reinstall rtcore")
+        return folder
     if path.exists():
         raise ValueError(f"model path {name} is a file; expected a diffusers-layout folder "
                          f"(model_index.json, {', '.join(SUBFOLDERS)})")

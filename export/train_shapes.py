@@ -21,12 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rtcore import shapes
 from rtcore.bench.common import psnr
+from rtcore.prompts import tokenize
 
 from .tiny import SCHEDULER_CONFIG, clip_config, save_model, write_json, write_model_index, write_tokenizer
 from .unet import UNet, UNetConfig
@@ -45,11 +45,9 @@ TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 
 
 def render_pool(seeds):
-    """Images (N, 3, 64, 64) float in [-1, 1] and captions of the training scenes of ``seeds``."""
+    """Images (N, 3, 64, 64) float in [-1, 1] and captions of the scenes of ``seeds``."""
     scenes = [shapes.scene(seed) for seed in seeds]
-    images = np.stack([shapes.render(s)[0] for s in scenes])
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return pixels, [s.caption for s in scenes]
+    return shapes.pixels(scenes), [s.caption for s in scenes]
 
 
 def cosine_lr(step, steps, peak, warmup=100):
@@ -92,11 +90,6 @@ def encode_pool(vae, pixels, batch=256):
     return torch.cat(means), torch.cat(stds)
 
 
-def token_ids(tokenizer, captions):
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
-
-
 def train_unet(means, stds, captions, tokenizer, vocab, scaling, steps, batch, lr, generator, log):
     from transformers import CLIPTextModel
 
@@ -105,8 +98,11 @@ def train_unet(means, stds, captions, tokenizer, vocab, scaling, steps, batch, l
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = [p.detach().clone() for p in params]
-    ids = token_ids(tokenizer, captions)
-    empty = token_ids(tokenizer, [""])
+    # the world has 36 captions: tokenize each once (with the runtime's tokenizer call), then index
+    distinct = {c: k for k, c in enumerate(sorted(set(captions)))}
+    distinct_ids = tokenize(tokenizer, [*distinct, ""])
+    ids = distinct_ids[torch.tensor([distinct[c] for c in captions])]
+    empty = distinct_ids[-1]
     sched = SCHEDULER_CONFIG
     betas = torch.linspace(sched["beta_start"] ** 0.5, sched["beta_end"] ** 0.5, sched["num_train_timesteps"],
                            dtype=torch.float64) ** 2

@@ -11,7 +11,6 @@ ground truth (``Scene``) is what it is checked against. The reader relies on the
 are saturated, backgrounds are not.
 """
 
-import colorsys
 import math
 from dataclasses import dataclass, replace
 
@@ -124,6 +123,14 @@ def image(s: Scene) -> PIL.Image.Image:
     return PIL.Image.fromarray(render(s)[0])
 
 
+def pixels(scenes):
+    """The scenes as a float tensor (N, 3, 64, 64) in [-1, 1]: what a VAE takes."""
+    import torch
+
+    images = np.stack([render(s)[0] for s in scenes])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def held_out(n, start=0):
     """The first n held-out scenes (after ``start``)."""
     return [scene(seed) for seed in HELD_OUT_SEEDS[start:start + n]]
@@ -139,14 +146,17 @@ class Reading:
     background: str
     mask: np.ndarray  # bool (64, 64): the object's pixels
     centre: tuple  # (x, y) of the mask, or None
-    shape_iou: float  # IoU of the mask with the best-fitting template of the read shape
 
 
 def _hsv(rgb):
+    """Hue (degrees), saturation and value of uint8 RGB pixels (..., 3), vectorised."""
     x = rgb.astype(np.float32) / 255.0
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
     mx, mn = x.max(-1), x.min(-1)
+    delta = np.maximum(mx - mn, 1e-6)
+    hue = np.where(mx == r, (g - b) / delta % 6.0, np.where(mx == g, (b - r) / delta + 2.0, (r - g) / delta + 4.0))
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
-    return mx, sat
+    return hue * 60.0, sat, mx
 
 
 def read_background(rgb, mask=None):
@@ -164,9 +174,8 @@ def read_background(rgb, mask=None):
     return "gradient"
 
 
-def _hue_name(rgb_pixels):
-    hues = np.array([colorsys.rgb_to_hsv(*(p / 255.0))[0] * 360.0 for p in rgb_pixels.astype(np.float32)])
-    # circular median-ish: mean of unit vectors
+def _hue_name(hues):
+    """The colour name nearest to the circular mean of ``hues`` (degrees)."""
     angle = math.degrees(math.atan2(np.sin(np.radians(hues)).mean(), np.cos(np.radians(hues)).mean())) % 360.0
     return min(HUES, key=lambda name: min(abs(angle - HUES[name]), 360 - abs(angle - HUES[name])))
 
@@ -197,20 +206,24 @@ def read_shape(mask):
     return best
 
 
-def object_mask(rgb):
-    """The saturated, not-too-dark pixels: the object (backgrounds are never saturated)."""
-    value, sat = _hsv(rgb)
-    mask = (sat > 0.45) & (value > 0.3)
-    return mask
+def dilate(mask, r):
+    """``mask`` grown by ``r`` pixels (square neighbourhood); pixels beyond the border count as outside."""
+    h, w = mask.shape
+    padded = np.pad(mask, r)
+    out = np.zeros_like(mask)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            out |= padded[dy:dy + h, dx:dx + w]
+    return out
 
 
 def read(rgb) -> Reading:
     """Reads colour, shape and background of a 64×64 image (uint8 (H, W, 3) array or PIL image)."""
     rgb = np.asarray(rgb.convert("RGB") if isinstance(rgb, PIL.Image.Image) else rgb)
-    mask = object_mask(rgb)
+    hue, sat, value = _hsv(rgb)
+    mask = (sat > 0.45) & (value > 0.3)  # the object: saturated, not too dark (backgrounds are never saturated)
     background = read_background(rgb, mask)
     if mask.sum() < 12:
-        return Reading(None, None, background, mask, None, 0.0)
+        return Reading(None, None, background, mask, None)
     ys, xs = np.nonzero(mask)
-    shape, iou = read_shape(mask)
-    return Reading(_hue_name(rgb[mask]), shape, background, mask, (xs.mean(), ys.mean()), iou)
+    return Reading(_hue_name(hue[mask]), read_shape(mask)[0], background, mask, (xs.mean(), ys.mean()))

@@ -1,6 +1,7 @@
 """The shapes world (rtcore.shapes), its reader, and the trained model that ships with rtcore (rtcore-shapes)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def shapes_pipe(shipped):
 def test_shipped_model_is_small_fp16_safetensors(shipped):
     import rtcore
 
-    assert shipped.parent.parent == __import__("pathlib").Path(rtcore.__file__).resolve().parent
+    assert shipped.parent.parent == Path(rtcore.__file__).resolve().parent
     files = sorted(shipped.glob("*/*.safetensors"))
     assert [f.parent.name for f in files] == ["text_encoder", "unet", "vae"]
     assert sum(f.stat().st_size for f in files) <= 10 * 2**20
