@@ -56,16 +56,21 @@ def cases():
             yield f"attention {TYPES[dtype]} D={d}", attention._attention_kernel, {"*": TYPES[dtype]}, cfg, options
     stats_ptrs = {"*": "fp16", "mean_ptr": "fp32", "m2_ptr": "fp32"}
     flags = dict(HAS_AFFINE=True, APPLY_SILU=True, HAS_RESIDUAL=True)  # the heaviest epilogue
-    for cl in (False, True):
-        layout = "channels_last" if cl else "NCHW"
-        yield (f"group_norm stats fp16 {layout}", group_norm._group_norm_stats_kernel, stats_ptrs,
-               dict(CHANNELS_LAST=cl, BLOCK=group_norm.BLOCK), {"num_warps": 4})
-        yield (f"group_norm apply fp16 {layout}", group_norm._group_norm_apply_kernel, stats_ptrs,
-               dict(CHANNELS_LAST=cl, **flags, BLOCK=group_norm.BLOCK, BLOCK_CHUNKS=group_norm.MAX_CHUNKS),
-               {"num_warps": 4})
-        cfg = group_norm.single_pass_config(group_norm.SINGLE_PASS_MAX)  # e.g. 40 channels × 8×8 at 1280 channels
-        yield (f"group_norm single pass fp16 {layout}", group_norm._group_norm_single_pass_kernel, {"*": "fp16"},
-               dict(CHANNELS_LAST=cl, **flags, BLOCK=cfg["BLOCK"]), {"num_warps": cfg["num_warps"]})
+    yield ("group_norm stats fp16 NCHW", group_norm._group_norm_stats_kernel, stats_ptrs,
+           dict(BLOCK=group_norm.BLOCK), {"num_warps": 4})
+    yield ("group_norm apply fp16 NCHW", group_norm._group_norm_apply_kernel, stats_ptrs,
+           dict(**flags, BLOCK=group_norm.BLOCK, BLOCK_CHUNKS=group_norm.MAX_CHUNKS), {"num_warps": 4})
+    cfg = group_norm.single_pass_config(group_norm.SINGLE_PASS_MAX)  # e.g. 40 channels × 8×8 at 1280 channels
+    yield ("group_norm single pass fp16 NCHW", group_norm._group_norm_single_pass_kernel, {"*": "fp16"},
+           dict(**flags, BLOCK=cfg["BLOCK"]), {"num_warps": cfg["num_warps"]})
+    # channels_last tiles at 4 (VAE), 10 (UNet 320) and 40 (UNet 1280) channels per group, 32 groups
+    for c, hw in ((128, 512 * 512), (320, 64 * 64), (1280, 8 * 8)):
+        tiles, _, num_chunks = group_norm.channels_last_config(c, 32, hw)
+        options = {"num_warps": tiles.pop("num_warps")}
+        yield (f"group_norm stats fp16 channels_last C={c}", group_norm._group_norm_stats_cl_kernel, stats_ptrs,
+               tiles, options)
+        yield (f"group_norm apply fp16 channels_last C={c}", group_norm._group_norm_apply_cl_kernel, stats_ptrs,
+               dict(**flags, **tiles, BLOCK_CHUNKS=triton.next_power_of_2(num_chunks)), options)
     for k in (320, 1280):
         yield (f"quantize_int8 bf16 K={k}", quant._quantize_int8_kernel,
                {"*": "bf16", "codes_ptr": "i8", "scales_ptr": "fp32"}, dict(BLOCK_K=quant.quantize_block(k)),

@@ -38,6 +38,23 @@ def test_group_norm_matches_reference(dtype, atol, rtol, shape, groups, channels
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("shape,groups", [((2, 320, 3, 5), 32), ((1, 40, 30, 33), 4), ((1, 24, 7, 9), 3)])
+def test_channels_last_tiles(shape, groups):
+    """The channels_last kernels at SD's channels per group (10; padded to 16 lanes), a group count that is not a
+    power of two, and many pixel chunks with a partial last one (990 pixels in chunks of 64)."""
+    from rtcore.kernels.group_norm import channels_last_config
+
+    x, weight, bias, residual = _inputs(shape, torch.float32, "cpu", channels_last=True)
+    residual = residual.to(memory_format=torch.channels_last)
+    kwargs = dict(weight=weight, bias=bias, eps=1e-5, silu=True, residual=residual)
+    out = group_norm(x, groups, **kwargs)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, group_norm_ref(x, groups, **kwargs), atol=1e-5, rtol=1e-5)
+    if shape == (1, 40, 30, 33):
+        assert channels_last_config(40, 4, 30 * 33)[1:] == (64, 16)
+
+
+@pytest.mark.interpreter
 def test_chunked_path_is_exercised():
     assert 2 * 48 * 96 > SINGLE_PASS_MAX  # SHAPES[-1] has groups of 9216 elements: three chunks
 
