@@ -6,7 +6,7 @@
     rtcore bench --preset sd15 --size 256 --steps 10 --backends eager,openvino,openvino@bf16,openvino+int8@bf16 \\
                  --peers diffusers-compile,diffusers --runs 2 --peak-memory      # the real-shape CPU comparison
 
-A backend spec is ``backend[+kernels][+int8][@dtype]``; ``@dtype`` overrides --dtype for that pipeline.
+A backend spec is ``backend[+kernels][+int8 | +int8-static][@dtype]``; ``@dtype`` overrides --dtype for that pipeline.
 
 Each pipeline is built (cold start: load, engine build, compile: timed apart), warmed up once, then all
 pipelines run interleaved, alternating the order from one round to the next, so that drift hits all of them alike.
@@ -41,12 +41,14 @@ STAGES = ("text_encode", "vae_encode", "denoise", "vae_decode")
 
 
 def parse_spec(spec, dtype):
-    """'eager', 'onnx', 'compile+kernels', 'openvino+int8@bf16' … → (backend, kernels, int8, torch dtype)."""
+    """'eager', 'onnx', 'compile+kernels', 'openvino+int8@bf16', 'openvino+int8-static@bf16' … → (backend,
+    kernels, int8 mode or None, torch dtype)."""
     from rtcore.engines import resolve_dtype
 
     spec, _, spec_dtype = spec.partition("@")
     backend, *flags = spec.split("+")
-    return backend, "kernels" in flags, "int8" in flags, resolve_dtype(spec_dtype or dtype)
+    int8 = "static" if "int8-static" in flags else "dynamic" if "int8" in flags else None
+    return backend, "kernels" in flags, int8, resolve_dtype(spec_dtype or dtype)
 
 
 def _rtcore(spec, checkpoint, workdir, device, dtype, size, batch):

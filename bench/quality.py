@@ -117,6 +117,10 @@ def text_to_image(sd, scenes, steps, guidance, seed):
             "background": float(np.mean([r.background == s.background for r, s in zip(readings, scenes)]))}
 
 
+OPENVINO_INT8 = {"openvino-bf16": None, "openvino-int8": "dynamic", "openvino-int8-static": "static"}
+PRECISIONS = ("fp32", "bf16", *OPENVINO_INT8)
+
+
 def load(model, variant):
     """(CycleDiffusion, StableDiffusion) sharing one set of engines, for a precision variant."""
     from rtcore import CycleDiffusion
@@ -126,11 +130,11 @@ def load(model, variant):
         cycle = CycleDiffusion.from_pretrained(model)
     elif variant == "bf16":
         cycle = CycleDiffusion.from_pretrained(model, dtype=torch.bfloat16)
-    elif variant in ("openvino-bf16", "openvino-int8"):
+    elif variant in OPENVINO_INT8:
         cycle = CycleDiffusion.from_pretrained(model, backend="openvino", dtype=torch.bfloat16,
-                                               int8=variant.endswith("int8"), height=shapes.SIZE, width=shapes.SIZE)
+                                               int8=OPENVINO_INT8[variant], height=shapes.SIZE, width=shapes.SIZE)
     else:
-        raise ValueError(f"precision must be fp32, bf16, openvino-bf16 or openvino-int8, got {variant!r}")
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {variant!r}")
     return cycle, StableDiffusion(cycle.engines)
 
 
@@ -241,7 +245,7 @@ def main(argv=None):
     parser.add_argument("--strengths", default="0.4,0.55,0.7,0.85")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps over the whole schedule (as strength 1)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
-    parser.add_argument("--precisions", default="fp32,bf16,openvino-bf16,openvino-int8",
+    parser.add_argument("--precisions", default=",".join(PRECISIONS),
                         help="drift of CycleDiffusion edits against fp32 ('' for none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

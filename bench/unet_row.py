@@ -19,6 +19,7 @@ Engines:
                                        INFERENCE_PRECISION_HINT set: left alone it picks bf16 on this CPU)
     openvino-fp32, -bf16, -int8        rtcore's openvino backend (static shapes per call; int8: NNCF int8 weights,
                                        activations quantized at run time by OpenVINO's CPU plugin)
+    openvino-int8-static               and int8 convolutions, calibrated (export.calibration) at the first latent size
     compile-fp32, compile-bf16         rtcore's compile backend: an AOTInductor package with freezing (slow to build)
 """
 
@@ -35,7 +36,7 @@ import torch
 from .common import header, psnr
 
 ENGINES = ("diffusers-fp32", "eager-fp32", "eager-bf16", "onnx-fp32", "openvino-raw-f32", "openvino-raw-bf16",
-           "openvino-fp32", "openvino-bf16", "openvino-int8", "compile-fp32", "compile-bf16")
+           "openvino-fp32", "openvino-bf16", "openvino-int8", "openvino-int8-static", "compile-fp32", "compile-bf16")
 DEFAULT_ENGINES = tuple(e for e in ENGINES if not e.startswith("compile"))
 REFERENCE = "eager-fp32"
 
@@ -91,11 +92,19 @@ def _make(engine, checkpoint, onnx_dir, workdir, latent):
         fn = lambda s, t, c: torch.from_numpy(request.infer([s.numpy(), t.numpy(), c.numpy()])[0])  # noqa: E731
     elif engine.startswith("openvino-"):
         from rtcore.backends import OpenVinoModel
+        from rtcore.export import load_checkpoint
         from rtcore.export.build import to_openvino_ir
+        from rtcore.export.calibration import unet_calibration_set
 
         path, inputs, outputs = _onnx_entry(onnx_dir)
-        dtype, int8 = (torch.bfloat16 if engine.endswith(("bf16", "int8")) else torch.float32), engine.endswith("int8")
-        fn = OpenVinoModel(to_openvino_ir(path, Path(workdir) / engine, dtype, int8), inputs, outputs, dtype, int8)
+        precision = engine[len("openvino-"):]
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        int8 = {"int8": "dynamic", "int8-static": "static"}.get(precision)
+        calibration = None
+        if int8 == "static":  # part of the build, so part of the load time
+            calibration = unet_calibration_set(load_checkpoint(checkpoint), 8 * latent, 8 * latent)
+        ir = to_openvino_ir(path, Path(workdir) / engine, dtype, int8, calibration)
+        fn = OpenVinoModel(ir, inputs, outputs, dtype, int8)
     elif engine.startswith("compile-"):
         from rtcore.engines import resolve_dtype
         from rtcore.export.build import build_unet_package
@@ -138,7 +147,7 @@ def run(checkpoint, onnx_dir, engines=DEFAULT_ENGINES, latents=(64,), runs=3, th
                 if engine == REFERENCE:
                     reference[n] = out
                 best = min(times)
-                precision = "bf16" if engine.endswith(("bf16", "int8")) else "fp32"
+                precision = "fp32" if engine.endswith(("fp32", "f32")) else "bf16"
                 row["latents"][n] = {
                     "min_s": best, "median_s": float(np.median(times)), "first_call_s": first, "runs": runs,
                     "gflops": flops[n] / best / 1e9, "fraction_of_gemm": flops[n] / best / 1e9 / roofline[precision],

@@ -13,6 +13,7 @@ engine directory.
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -39,6 +40,7 @@ from rtcore.manifest import (
 from rtcore.schedule import DDIMConfig, step_table
 
 from . import compile_flags
+from .calibration import unet_calibration_set
 from .checkpoint import load_checkpoint, resolve
 from .contracts import contracts
 
@@ -99,14 +101,35 @@ def build_unet_package(checkpoint, folder, dtype, size, device="cpu"):
     return torch._inductor.aoti_load_package(str(_export_aoti(contract, folder, device)))
 
 
-def to_openvino_ir(onnx_path, folder, dtype, int8=False):
+INT8_MODES = ("dynamic", "static")
+
+
+def resolve_int8(int8):
+    """False/None → None; True → "dynamic"; "dynamic"/"static" as they are."""
+    if int8 is None or int8 is False:
+        return None
+    if int8 is True:
+        return "dynamic"
+    if int8 not in INT8_MODES:
+        raise ValueError(f"int8 must be False, True, 'dynamic' or 'static', got {int8!r}")
+    return int8
+
+
+def to_openvino_ir(onnx_path, folder, dtype, int8=None, calibration=None):
     """An exported fp32 ONNX model as OpenVINO IR (``model.xml`` + ``model.bin``) in ``folder``, its weights stored
     for the precision the engine runs in. fp32: as they are. bf16: as fp16, which OpenVINO's CPU plugin turns into
     bf16 when it compiles, so a process maps 2 bytes per weight instead of 4 (an SD 1.5 UNet: 3.6 GB resident
     against 5.7 GB from fp32 weights; its drift against fp32 went from 2.4% to 2.7% RMS, bf16 itself being the
-    most of it). ``int8``: the linear layers (MatMul weights: attention projections, feed-forward, time embedding)
+    most of it).
+
+    ``int8="dynamic"``: the linear layers (MatMul weights: attention projections, feed-forward, time embedding)
     become int8 with a per-channel scale and zero point (NNCF weight compression), and OpenVINO runs them as
-    dynamically quantized int8 GEMMs (``rtcore.backends.OPENVINO_INT8_GROUP``); convolutions stay bf16."""
+    dynamically quantized int8 GEMMs (``rtcore.backends.OPENVINO_INT8_GROUP``); convolutions stay bf16.
+    ``int8="static"``: that, and the convolutions (55% of an SD 1.5 UNet row's FLOPs) become int8 too, weights and
+    activations, the activations' ranges fixed by NNCF's post-training quantization on ``calibration`` (input
+    dicts, export.calibration). Every MatMul is left out of that second pass: the linear ones already have int8
+    weights, and the attention ones (queries × keys, softmax probabilities × values) stay bf16. This is OpenVINO's
+    "hybrid" recipe for diffusion UNets (optimum-intel), less the attention matmuls."""
     import openvino as ov
 
     model = ov.Core().read_model(str(onnx_path))
@@ -115,7 +138,17 @@ def to_openvino_ir(onnx_path, folder, dtype, int8=False):
             import nncf
         except ImportError:
             raise ValueError("int8 openvino engines need NNCF: pip install 'rtcore[openvino]'") from None
-        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        nncf.set_log_level(logging.WARNING)  # not a line per layer it leaves out
+        convs = nncf.IgnoredScope(types=["Convolution"], validate=False)
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                      ignored_scope=convs if int8 == "static" else None)
+        if int8 == "static":
+            # every MatMul is left out: the linear ones already have int8 weights, the attention ones stay bf16
+            model = nncf.quantize(
+                model, nncf.Dataset(calibration), subset_size=len(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                ignored_scope=nncf.IgnoredScope(types=["MatMul"], validate=False),
+                advanced_parameters=nncf.AdvancedQuantizationParameters(
+                    smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)))
     path = Path(folder) / "model.xml"
     path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(path), compress_to_fp16=dtype != torch.float32)
@@ -171,6 +204,9 @@ def _check_options(backend, dtype, kernels, int8, device):
     if int8 and backend not in ("compile", "openvino"):
         raise ValueError(f"int8 is Triton dynamic quantization on the 'compile' backend or NNCF int8 linear layers on "
                          f"the 'openvino' backend; the {backend} backend has none: drop --int8")
+    if int8 == "static" and backend != "openvino":
+        raise ValueError(f"int8='static' (calibrated int8 convolutions) is an openvino engine; the {backend} backend's "
+                         "int8 is dynamic: pass int8=True (--int8)")
     if int8 and backend == "openvino" and dtype != torch.bfloat16:
         raise ValueError("int8 openvino engines run the rest of the UNet in bf16: pass dtype='bf16' (--dtype bf16)")
     if backend == "tensorrt":
@@ -194,11 +230,17 @@ def _check_options(backend, dtype, kernels, int8, device):
 
 
 def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None, batch=1, kernels=False,
-          int8=False, device="cpu", overwrite=False, checkpoint_fingerprint=None):
+          int8=False, device="cpu", overwrite=False, checkpoint_fingerprint=None, calibration=None):
     """Exports the four models of ``checkpoint`` into the engine directory ``out``; returns its path.
-    ``checkpoint_fingerprint``: when the caller has already hashed the checkpoint (the cache has)."""
-    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    ``int8``: False, True or "dynamic" (int8 linear layers), or "static" (openvino: int8 convolutions too,
+    calibrated on ``calibration``, a list of (image, caption) pairs like the photos the engine will edit; default:
+    shapes-world scenes, export.calibration). ``checkpoint_fingerprint``: when the caller has already hashed the
+    checkpoint (the cache has)."""
+    dtype, device, int8 = resolve_dtype(dtype), resolve_device(device), resolve_int8(int8)
     _check_options(backend, dtype, kernels, int8, device)
+    if calibration is not None and (int8 != "static" or not calibration
+                                    or not all(isinstance(c, tuple) and len(c) == 2 for c in calibration)):
+        raise ValueError("calibration: a non-empty list of (image, caption) pairs, for int8='static' engines only")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     out = Path(out)
@@ -229,11 +271,15 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
         for name, contract in contracts(ckpt, height, width, batch, device, export_dtype).items():
             folder = tmp / name
             folder.mkdir()
-            quantized = backend == "openvino" and int8 and name == "unet"  # NNCF int8 linear layers
+            quantized = int8 if backend == "openvino" and name == "unet" else None  # NNCF int8 layers
+            samples = None  # the calibration set of a static int8 UNet
             if backend == "openvino":
+                if quantized == "static":
+                    images, prompts = zip(*calibration) if calibration else (None, None)
+                    samples = unet_calibration_set(ckpt, height, width, images=images, prompts=prompts)
                 onnx_folder = tmp / f".{name}-onnx"  # the fp32 graph is only the input of the conversion
                 onnx_folder.mkdir()
-                artifact = to_openvino_ir(_export_onnx(contract, onnx_folder), folder, dtype, quantized)
+                artifact = to_openvino_ir(_export_onnx(contract, onnx_folder), folder, dtype, quantized, samples)
                 shutil.rmtree(onnx_folder)
             elif backend == "onnx":
                 artifact = _export_onnx(contract, folder)
@@ -243,7 +289,10 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
                 artifact = _export_tensorrt(contract, folder, dtype)
             models[name] = {"file": artifact.relative_to(tmp).as_posix(),
                             "inputs": list(contract.inputs), "outputs": list(contract.outputs),
-                            "profile": contract.profile, **({"int8": True} if quantized else {})}
+                            "profile": contract.profile, **({"int8": quantized} if quantized else {})}
+            if samples:
+                models[name]["calibration"] = {"samples": len(samples),
+                                               "images": len(calibration) if calibration else "shapes-world scenes"}
         shutil.copytree(root / "tokenizer", tmp / "tokenizer")
         for optional in ("safety_checker", "feature_extractor"):  # used only when a pipeline asks for the checker
             if (root / optional).is_dir():
@@ -258,7 +307,7 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
             "backend": backend,
             "dtype": DTYPE_NAMES[dtype],
             "kernels": bool(kernels),
-            "int8": bool(int8),
+            "int8": int8 or False,
             "checkpoint": {"path": str(root), "fingerprint": checkpoint_fingerprint or fingerprint(root)},
             "shapes": {"height": height, "width": width, "batch": batch,
                        # ONNX graphs take any size; the AOTInductor and TensorRT artifacts are built for one
@@ -289,7 +338,7 @@ def cache_key(checkpoint_fingerprint, backend, dtype, height, width, batch, kern
 def cached_build(checkpoint, backend="onnx", dtype="fp32", height=None, width=None, batch=1, kernels=False,
                  int8=False, device="cpu"):
     """The engine directory for these settings from the cache, built once (a stale or corrupt entry is rebuilt)."""
-    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    dtype, device, int8 = resolve_dtype(dtype), resolve_device(device), resolve_int8(int8)
     root = resolve(checkpoint)
     digest = fingerprint(root)  # hashed once here, reused by build: SD weights are several GB
     key = cache_key(digest, backend, dtype, height, width, batch, kernels, int8, device)

@@ -171,8 +171,10 @@ def build_parser():
     export.add_argument("--width", type=int, default=None, help="image width of the shape profile")
     export.add_argument("--batch", type=int, default=1, help="images per call of the shape profile")
     export.add_argument("--kernels", action="store_true", help="Triton kernels (compile backend)")
-    export.add_argument("--int8", action="store_true", help="int8 dynamic quantization: Triton GEMMs (compile backend, "
-                        "CUDA) or NNCF int8 linear layers (openvino backend, with --dtype bf16)")
+    export.add_argument("--int8", nargs="?", const="dynamic", default=None, choices=("dynamic", "static"),
+                        help="int8 quantization. dynamic (what a bare --int8 means): Triton GEMMs (compile backend, "
+                        "CUDA) or NNCF int8 linear layers (openvino backend, with --dtype bf16); static (openvino): "
+                        "int8 convolutions too, calibrated at export on shapes-world scenes")
     export.add_argument("--device", default="cpu", help="where to build (TensorRT and GPU compile need cuda)")
     _output_options(export, "engine directory to write")
     export.set_defaults(run=_export)

@@ -82,7 +82,9 @@ def rebuild_command(manifest):
     m = manifest
     shapes = m["shapes"] if isinstance(m.get("shapes"), dict) else {}  # a damaged manifest still gets a command
     checkpoint = m["checkpoint"] if isinstance(m.get("checkpoint"), dict) else {}
-    flags = (" --kernels" if m.get("kernels") else "") + (" --int8" if m.get("int8") else "")
+    int8 = m.get("int8")
+    flags = (" --kernels" if m.get("kernels") else "") + (f" --int8 {int8}" if int8 in ("dynamic", "static") else
+                                                           " --int8" if int8 else "")
     return (f"rtcore export {checkpoint.get('path', 'CHECKPOINT')} --backend {m.get('backend')} "
             f"--dtype {m.get('dtype')} --height {shapes.get('height')} --width {shapes.get('width')} "
             f"--batch {shapes.get('batch')}{flags} --out NEW_ENGINE_DIR")

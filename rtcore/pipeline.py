@@ -120,7 +120,8 @@ class Pipeline:
         Checkpoint: ``backend`` "eager" (default) runs the reference models; "onnx", "compile" or "tensorrt"
         builds an engine directory into the cache once (keyed by checkpoint content, settings and versions) and
         loads it. ``kernels=True`` runs the UNet and VAE on rtcore's Triton kernels; ``int8=True`` adds dynamic
-        int8 GEMMs where the size policy says (eager and compile backends; Triton and a CUDA device needed).
+        int8 GEMMs where the size policy says (eager and compile backends; Triton and a CUDA device needed) or int8
+        linear layers (openvino, bf16); ``int8="static"`` (openvino) makes the convolutions int8 too, calibrated.
         ``height``/``width``/``batch`` set the shape profile of built engines (default: the UNet's sample size).
         Engine directory (has a manifest.json): its backend and dtype are used; passing others is an error.
         ``safety_checker=True`` runs the checkpoint's StableDiffusionSafetyChecker on every decoded image.

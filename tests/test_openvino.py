@@ -87,7 +87,8 @@ def test_openvino_int8_quantizes_the_unet_linear_layers(tiny_sd1, pipe, image, t
 
     engine_dir = build(tiny_sd1, tmp_path / "int8", backend="openvino", dtype="bf16", int8=True)
     m = json.loads((engine_dir / "manifest.json").read_text())
-    assert m["int8"] and m["models"]["unet"] == dict(m["models"]["unet"], file="unet/model.xml", int8=True)
+    assert m["int8"] == "dynamic"
+    assert m["models"]["unet"] == dict(m["models"]["unet"], file="unet/model.xml", int8="dynamic")
     assert not (engine_dir / "unet" / "model.onnx").exists() and not (engine_dir / ".unet-onnx").exists()
     model = ov.Core().read_model(str(engine_dir / "unet" / "model.xml"))
     int8_weights = [op for op in model.get_ordered_ops()
@@ -99,6 +100,72 @@ def test_openvino_int8_quantizes_the_unet_linear_layers(tiny_sd1, pipe, image, t
     psnr = 10 * np.log10(1 / np.mean((got - want) ** 2))
     print(f"openvino int8 vs eager fp32: PSNR {psnr:.1f} dB")
     assert psnr >= 25
+
+
+def test_openvino_static_int8_also_quantizes_the_convolutions(tiny_sd1, pipe, image, tmp_path):
+    """int8='static': the convolutions' weights and activations become int8 too, calibrated at export; the linear
+    layers keep their int8 weights with run-time activations, and the attention matmuls stay bf16."""
+    pytest.importorskip("nncf")
+    from rtcore.export.build import build
+    from rtcore.manifest import rebuild_command
+
+    engine_dir = build(tiny_sd1, tmp_path / "int8s", backend="openvino", dtype="bf16", int8="static")
+    m = json.loads((engine_dir / "manifest.json").read_text())
+    assert m["int8"] == "static" and m["models"]["unet"]["int8"] == "static"
+    assert m["models"]["unet"]["calibration"] == {"samples": 16, "images": "shapes-world scenes"}
+    assert "--int8 static" in rebuild_command(m)
+    model = ov.Core().read_model(str(engine_dir / "unet" / "model.xml"))
+
+    def quantized(value):  # a calibrated quantizer feeds this input, maybe through layout-only ops
+        node = value.get_node()
+        while node.get_type_name() in ("Transpose", "Reshape"):
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "FakeQuantize"
+
+    ops = model.get_ordered_ops()
+    convs = [op for op in ops if op.get_type_name() == "Convolution"]
+    matmuls = [op for op in ops if op.get_type_name() == "MatMul"]
+    assert len(convs) > 40 and all(quantized(c.input_value(0)) for c in convs)
+    assert not any(quantized(v) for m in matmuls for v in m.input_values())
+    engine = load(engine_dir)
+    got, want = _edit(engine, image), _edit(pipe, image)
+    psnr = 10 * np.log10(1 / np.mean((got - want) ** 2))
+    print(f"openvino static int8 vs eager fp32: PSNR {psnr:.1f} dB")
+    assert psnr >= 20
+
+
+def test_calibration_set_is_what_an_edit_feeds_the_unet(tiny_sd1):
+    """Three rows per sample (y_src, x∅, x_tgt: the two target rows equal) at the engine's latent size, timesteps
+    spread over the schedule, contexts (source caption, "", target caption); user photos of another size are
+    resized to the engine's."""
+    from rtcore.demo import sample_image
+    from rtcore.export import load_checkpoint
+    from rtcore.export.calibration import unet_calibration_set
+
+    ckpt = load_checkpoint(tiny_sd1)
+    samples = unet_calibration_set(ckpt, 48, 64, samples=6, images=[sample_image(80, 40), sample_image(32, 32)],
+                                   prompts=["a cat", "a dog"])
+    assert len(samples) == 6
+    for s in samples:
+        assert s["sample"].shape == (3, 4, 6, 8) and s["encoder_hidden_states"].shape[0] == 3
+        assert np.array_equal(s["sample"][1], s["sample"][2]) and not np.array_equal(s["sample"][0], s["sample"][1])
+        assert np.array_equal(s["encoder_hidden_states"][1], samples[0]["encoder_hidden_states"][1])  # ""
+    assert sorted(int(s["timestep"][0]) for s in samples) == [0, 200, 400, 599, 799, 999]
+    with pytest.raises(ValueError, match="one caption per calibration image"):
+        unet_calibration_set(ckpt, 48, 64, images=[sample_image(32, 32)], prompts=None)
+
+
+def test_int8_modes_are_checked(tiny_sd1, tmp_path):
+    from rtcore.export.build import build
+
+    with pytest.raises(ValueError, match="int8 must be False, True, 'dynamic' or 'static'"):
+        build(tiny_sd1, tmp_path / "x", backend="openvino", dtype="bf16", int8="int4")
+    with pytest.raises(ValueError, match="int8='static'.*openvino engine"):
+        build(tiny_sd1, tmp_path / "x", backend="compile", dtype="fp32", int8="static")
+    with pytest.raises(ValueError, match="calibration: a non-empty list of \\(image, caption\\) pairs"):
+        build(tiny_sd1, tmp_path / "x", backend="openvino", dtype="bf16", int8=True, calibration=[("a", "b")])
+    with pytest.raises(ValueError, match="calibration"):
+        build(tiny_sd1, tmp_path / "x", backend="openvino", dtype="bf16", int8="static", calibration=["photo.png"])
 
 
 def test_openvino_is_a_cpu_backend_with_its_own_options(tiny_sd1, tmp_path):
