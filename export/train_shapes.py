@@ -2,6 +2,10 @@
 (rtcore.shapes), on a CPU, and writes it as a diffusers-layout folder with fp16 safetensors.
 
     python -m rtcore.export.train_shapes --out shapes-model      # about 55 minutes on 2 cores of an EPYC Zen 4
+    python -m rtcore.export.train_shapes --out more --resume shapes-model --unet-steps 4000 --lr 5e-4
+
+``--resume`` keeps a checkpoint's VAE and tokenizer as they are and trains its UNet and text encoder further, with
+a fresh warm-up and cosine schedule (rtcore-shapes as shipped is the second command run on the first's output).
 
 Two stages, seeded (the same command gives the same weights on the same torch build and thread count):
 1. an AutoencoderKL (SD layout, 3 levels: 64×64×3 pixels ↔ 16×16×4 latents) on MSE + L1 + a small KL term;
@@ -16,7 +20,9 @@ on 2 CPU cores, and at most ~10 MB of fp16 weights in the package.
 """
 
 import argparse
+import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +34,7 @@ from rtcore import shapes
 from rtcore.bench.common import psnr
 from rtcore.prompts import tokenize
 
+from .checkpoint import load_text_encoder, load_unet, load_vae, resolve
 from .tiny import SCHEDULER_CONFIG, clip_config, save_model, write_json, write_model_index, write_tokenizer
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
@@ -90,11 +97,7 @@ def encode_pool(vae, pixels, batch=256):
     return torch.cat(means), torch.cat(stds)
 
 
-def train_unet(means, stds, captions, tokenizer, vocab, scaling, steps, batch, lr, generator, log):
-    from transformers import CLIPTextModel
-
-    unet = UNet(UNetConfig.from_dict(dict(UNET, _class_name="UNet2DConditionModel")))
-    text = CLIPTextModel(clip_config(TEXT, vocab))
+def train_unet(unet, text, means, stds, captions, tokenizer, scaling, steps, batch, lr, generator, log):
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = [p.detach().clone() for p in params]
@@ -146,6 +149,11 @@ def main(argv=None):
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--held-out", type=int, default=256, help="held-out scenes of the VAE's PSNR check")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the UNet stage")
+    parser.add_argument("--resume", default=None,
+                        help="a checkpoint this script wrote (or 'rtcore-shapes'): keep its VAE and tokenizer, and "
+                             "train its UNet and text encoder --unet-steps further")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     root = Path(args.out)
@@ -162,27 +170,42 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     began = time.perf_counter()
-    vocab = write_tokenizer(root / "tokenizer", WORDS)
-    from transformers import CLIPTokenizer
+    source = resolve(args.resume) if args.resume else None
+    if source:
+        shutil.copytree(source / "tokenizer", root / "tokenizer")
+        vocab = json.loads((root / "tokenizer" / "vocab.json").read_text())
+    else:
+        vocab = write_tokenizer(root / "tokenizer", WORDS)
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
     pixels, captions = render_pool(shapes.TRAIN_SEEDS[args.seed * args.pool:(args.seed + 1) * args.pool])
     log(f"rendered {len(pixels)} training scenes in {time.perf_counter() - began:.0f} s")
 
-    vae = train_vae(pixels, args.vae_steps, 32, 2e-3, generator, log)
-    held_out, _ = render_pool(shapes.HELD_OUT_SEEDS[:256])
+    if source:  # the VAE (and so the latent space and its scaling factor) stays exactly as it was
+        vae = load_vae(source / "vae").float()
+        vae_cfg = json.loads((source / "vae" / "config.json").read_text())
+        scaling = vae_cfg["scaling_factor"]
+        unet = load_unet(source / "unet").float().train()
+        text = load_text_encoder(source / "text_encoder").float().train()
+    else:
+        vae = train_vae(pixels, args.vae_steps, 32, 2e-3, generator, log)
+        unet = UNet(UNetConfig.from_dict(dict(UNET, _class_name="UNet2DConditionModel")))
+        text = CLIPTextModel(clip_config(TEXT, vocab))
+    held_out, _ = render_pool(shapes.HELD_OUT_SEEDS[:args.held_out])
     with torch.no_grad():
         mean, _ = vae.encode(held_out)
         vae_psnr = psnr(vae.decode(mean).clamp(-1, 1), held_out, peak=2.0)  # pixels in [-1, 1]
     means, stds = encode_pool(vae, pixels)
-    scaling = round(1.0 / means.std().item(), 5)
-    log(f"vae held-out PSNR {vae_psnr:.2f} dB; latent std {means.std().item():.4f} -> scaling_factor {scaling}")
-    vae_cfg = dict(VAE, _class_name="AutoencoderKL", scaling_factor=scaling)
+    if not source:
+        scaling = round(1.0 / means.std().item(), 5)
+        vae_cfg = dict(VAE, _class_name="AutoencoderKL", scaling_factor=scaling)
+    log(f"vae held-out PSNR {vae_psnr:.2f} dB; latent std {means.std().item():.4f}, scaling_factor {scaling}")
     save_model(root / "vae", vae.half(), vae_cfg)
     vae_s = time.perf_counter() - began
 
-    unet, text = train_unet(means, stds, captions, tokenizer, vocab, scaling, args.unet_steps, args.batch, 1e-3,
-                            generator, log)
+    unet, text = train_unet(unet, text, means, stds, captions, tokenizer, scaling, args.unet_steps, args.batch,
+                            args.lr, generator, log)
     save_model(root / "unet", unet.half(), dict(UNET, _class_name="UNet2DConditionModel"))
     # stored in fp16 like the rest, loaded in fp32: transformers would otherwise keep the stored dtype
     text_cfg = dict(clip_config(TEXT, vocab).to_dict(), dtype="float32")
@@ -192,8 +215,9 @@ def main(argv=None):
     total = time.perf_counter() - began
     write_json(root / "training.json", {
         "command": "python -m rtcore.export.train_shapes " + " ".join(sys.argv[1:] if argv is None else argv),
-        "seed": args.seed, "pool": args.pool, "vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
-        "batch": args.batch,
+        "resumed_from": json.loads((source / "training.json").read_text()) if source else None,
+        "seed": args.seed, "pool": args.pool, "vae_steps": 0 if source else args.vae_steps,
+        "unet_steps": args.unet_steps, "batch": args.batch, "lr": args.lr,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "vae_seconds": round(vae_s),
         "total_seconds": round(total), "vae_held_out_psnr_db": round(vae_psnr, 2)})
     log(f"wrote {root} in {total / 60:.1f} min")

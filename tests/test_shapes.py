@@ -1,6 +1,8 @@
 """The shapes world (rtcore.shapes), its reader, and the trained model that ships with rtcore (rtcore-shapes)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +163,25 @@ def test_quality_benchmark_rejects_bad_strengths(capsys):
     with pytest.raises(SystemExit):
         main(["--strengths", "0.5,2"])
     assert "--strengths must be" in capsys.readouterr().err
+
+
+def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
+    """The trainer end to end at a toy budget: a diffusers-layout folder rtcore loads, and --resume keeps its VAE
+    and tokenizer byte for byte while training its UNet further. (In a subprocess: --threads sets torch's
+    process-wide thread count, and one thread is fastest for toy batches beside other work.)"""
+    from rtcore.export import load_checkpoint
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    small = ["--pool", "32", "--held-out", "8", "--batch", "4", "--unet-steps", "2", "--threads", "1"]
+    runs = [["--out", str(first), "--vae-steps", "2", *small],
+            ["--out", str(second), "--resume", str(first), "--lr", "1e-4", *small]]
+    script = f"from rtcore.export.train_shapes import main\nfor args in {runs!r}:\n    main(args)"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert tuple(load_checkpoint(second).unet.config.block_out_channels) == (32, 64, 128)
+    for kept in ("vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json"):
+        assert (first / kept).read_bytes() == (second / kept).read_bytes()
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    assert (first / unet).read_bytes() != (second / unet).read_bytes()
+    log = json.loads((second / "training.json").read_text())
+    assert log["vae_steps"] == 0 and log["resumed_from"]["vae_steps"] == 2 and log["lr"] == 1e-4
