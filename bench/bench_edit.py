@@ -274,7 +274,8 @@ def main(argv=None):
     parser.add_argument("--checkpoint", default=None,
                         help="a diffusers-layout folder instead of the preset's random one")
     parser.add_argument("--backends", default="eager", help="rtcore backends, comma-separated: eager, onnx, compile, "
-                                                            "tensorrt, with +kernels / +int8 (eager, compile)")
+                                                            "tensorrt, openvino, with +kernels / +int8 (eager, "
+                                                            "compile, openvino) / +int8-static (openvino), @dtype")
     parser.add_argument("--peers", default="diffusers", help="diffusers, diffusers-compile, comma-separated; the "
                                                              "last one is the baseline of the ratios ('' for none)")
     parser.add_argument("--steps", type=int, default=50)

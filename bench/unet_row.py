@@ -102,7 +102,9 @@ def _make(engine, checkpoint, onnx_dir, workdir, latent):
         int8 = {"int8": "dynamic", "int8-static": "static"}.get(precision)
         calibration = None
         if int8 == "static":  # part of the build, so part of the load time
-            calibration = unet_calibration_set(load_checkpoint(checkpoint), 8 * latent, 8 * latent)
+            ckpt = load_checkpoint(checkpoint)
+            ckpt.vae.float(), ckpt.text_encoder.float()  # as build() exports them (the files may hold fp16)
+            calibration = unet_calibration_set(ckpt, 8 * latent, 8 * latent)
         ir = to_openvino_ir(path, Path(workdir) / engine, dtype, int8, calibration)
         fn = OpenVinoModel(ir, inputs, outputs, dtype, int8)
     elif engine.startswith("compile-"):
