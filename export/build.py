@@ -124,7 +124,8 @@ def to_openvino_ir(onnx_path, folder, dtype, int8=None, calibration=None):
 
     ``int8="dynamic"``: the linear layers (MatMul weights: attention projections, feed-forward, time embedding)
     become int8 with a per-channel scale and zero point (NNCF weight compression), and OpenVINO runs them as
-    dynamically quantized int8 GEMMs (``rtcore.backends.OPENVINO_INT8_GROUP``); convolutions stay bf16.
+    dynamically quantized int8 GEMMs (``rtcore.backends.OPENVINO_INT8_GROUP``). NNCF stores the convolutions'
+    weights as int8 too, but they compute in bf16 (weight-only: OpenVINO expands them when it compiles).
     ``int8="static"``: that, and the convolutions (55% of an SD 1.5 UNet row's FLOPs) become int8 too, weights and
     activations, the activations' ranges fixed by NNCF's post-training quantization on ``calibration`` (input
     dicts, export.calibration). Every MatMul is left out of that second pass: the linear ones already have int8
@@ -132,6 +133,8 @@ def to_openvino_ir(onnx_path, folder, dtype, int8=None, calibration=None):
     "hybrid" recipe for diffusion UNets (optimum-intel), less the attention matmuls."""
     import openvino as ov
 
+    if int8 == "static" and not calibration:
+        raise ValueError("int8='static' needs calibration samples (export.calibration.unet_calibration_set)")
     model = ov.Core().read_model(str(onnx_path))
     if int8:
         try:

@@ -57,7 +57,8 @@ def unet_calibration_set(checkpoint, height, width, samples=16, images=None, pro
         z0 = latents[k % n]
         a = acp[t]
         y, x = a.sqrt() * z0 + (1 - a).sqrt() * torch.randn((2, *z0.shape), generator=generator)
-        rows = torch.stack([y, x, x])  # y_src, x∅, x_tgt: x starts at y and drifts from it as the edit goes
+        # y_src, x∅, x_tgt: an edit's x starts at y and drifts from it, so x is the same noising, another draw
+        rows = torch.stack([y, x, x])
         context = torch.stack([contexts[k % n], empty, contexts[(k + 1) % n]])
         out.append({"sample": rows.numpy(), "timestep": np.array([t], dtype=np.int64),
                     "encoder_hidden_states": context.numpy()})

@@ -171,7 +171,13 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(args.seed)
     began = time.perf_counter()
     source = resolve(args.resume) if args.resume else None
+    unet_cfg, text_cfg = dict(UNET, _class_name="UNet2DConditionModel"), None
     if source:
+        history = source / "training.json"
+        resumed_from = json.loads(history.read_text()) if history.is_file() else {"path": str(source)}
+        # the architecture goes on as it was
+        unet_cfg = json.loads((source / "unet" / "config.json").read_text())
+        text_cfg = json.loads((source / "text_encoder" / "config.json").read_text())
         shutil.copytree(source / "tokenizer", root / "tokenizer")
         vocab = json.loads((root / "tokenizer" / "vocab.json").read_text())
     else:
@@ -190,7 +196,7 @@ def main(argv=None):
         text = load_text_encoder(source / "text_encoder").float().train()
     else:
         vae = train_vae(pixels, args.vae_steps, 32, 2e-3, generator, log)
-        unet = UNet(UNetConfig.from_dict(dict(UNET, _class_name="UNet2DConditionModel")))
+        unet = UNet(UNetConfig.from_dict(unet_cfg))
         text = CLIPTextModel(clip_config(TEXT, vocab))
     held_out, _ = render_pool(shapes.HELD_OUT_SEEDS[:args.held_out])
     with torch.no_grad():
@@ -206,16 +212,16 @@ def main(argv=None):
 
     unet, text = train_unet(unet, text, means, stds, captions, tokenizer, scaling, args.unet_steps, args.batch,
                             args.lr, generator, log)
-    save_model(root / "unet", unet.half(), dict(UNET, _class_name="UNet2DConditionModel"))
+    save_model(root / "unet", unet.half(), unet_cfg)
     # stored in fp16 like the rest, loaded in fp32: transformers would otherwise keep the stored dtype
-    text_cfg = dict(clip_config(TEXT, vocab).to_dict(), dtype="float32")
+    text_cfg = dict(text_cfg or clip_config(TEXT, vocab).to_dict(), dtype="float32")
     save_model(root / "text_encoder", text.half(), text_cfg, filename="model.safetensors")
     write_json(root / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
     write_model_index(root)
     total = time.perf_counter() - began
     write_json(root / "training.json", {
         "command": "python -m rtcore.export.train_shapes " + " ".join(sys.argv[1:] if argv is None else argv),
-        "resumed_from": json.loads((source / "training.json").read_text()) if source else None,
+        "resumed_from": resumed_from if source else None,
         "seed": args.seed, "pool": args.pool, "vae_steps": 0 if source else args.vae_steps,
         "unet_steps": args.unet_steps, "batch": args.batch, "lr": args.lr,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "vae_seconds": round(vae_s),

@@ -7,7 +7,7 @@ million terms serially, so each group is split into chunks: every chunk computes
 merged with Chan's parallel formula (no E[x²] − E[x]² cancellation), and the apply kernel merges the chunk
 partials again before normalising. Statistics are fp32 whatever the input dtype.
 
-Groups of at most SINGLE_PASS_MAX elements skip all of that: one program per group loads the group into
+NCHW groups of at most SINGLE_PASS_MAX elements skip all of that: one program per group loads the group into
 registers, normalises it and stores it (one launch instead of two).
 
 Layouts: NCHW-contiguous and channels_last, read in place through strides (H and W must merge into one

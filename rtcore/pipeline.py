@@ -148,6 +148,11 @@ class Pipeline:
             return cls.load(path, device)
         backend = backend or "eager"
         dtype = resolve_dtype(dtype or torch.float32)
+        if int8 not in (False, None, True, "dynamic", "static"):
+            raise ValueError(f"int8 must be False, True, 'dynamic' or 'static', got {int8!r}")
+        if int8 == "static" and backend == "eager":
+            raise ValueError("int8='static' (calibrated int8 convolutions) is an openvino engine: pass "
+                             "backend='openvino', dtype='bf16'; the eager backend's int8 is dynamic (int8=True)")
         if backend != "eager":
             from rtcore.export.build import cached_build  # the export stack only when a checkpoint is built
 

@@ -65,13 +65,14 @@ def test_cpp_runner_reports_a_bad_request(runner, compile_dir, tmp_path):
     assert result.returncode == 1 and "meta.txt" in result.stderr  # a message, not a crash
 
 
-def test_cpp_runner_refuses_engines_with_python_ops(runner, compile_dir, tmp_path):
+@pytest.mark.parametrize("flag,value", [('"kernels": ', "true"), ('"int8": ', "true"), ('"int8": ', '"dynamic"')])
+def test_cpp_runner_refuses_engines_with_python_ops(runner, compile_dir, tmp_path, flag, value):
     """--kernels/--int8 engines call Triton ops that only Python registers: a clear refusal, not a failed call."""
     engine = tmp_path / "engine"
     shutil.copytree(compile_dir, engine)
     manifest = engine / "manifest.json"
-    assert '"kernels": false' in manifest.read_text()
-    manifest.write_text(manifest.read_text().replace('"kernels": false', '"kernels": true'))
+    assert flag + "false" in manifest.read_text()
+    manifest.write_text(manifest.read_text().replace(flag + "false", flag + value))
     result = subprocess.run([str(runner), str(engine), str(tmp_path), str(tmp_path / "o.f32")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "--kernels or --int8" in result.stderr

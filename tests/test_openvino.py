@@ -156,7 +156,15 @@ def test_calibration_set_is_what_an_edit_feeds_the_unet(tiny_sd1):
 
 
 def test_int8_modes_are_checked(tiny_sd1, tmp_path):
-    from rtcore.export.build import build
+    from rtcore import CycleDiffusion
+    from rtcore.export.build import build, to_openvino_ir
+
+    with pytest.raises(ValueError, match="int8='static'.*openvino engine.*eager backend's int8 is dynamic"):
+        CycleDiffusion.from_pretrained(tiny_sd1, int8="static")
+    with pytest.raises(ValueError, match="int8 must be False, True, 'dynamic' or 'static'"):
+        CycleDiffusion.from_pretrained(tiny_sd1, int8="int4")
+    with pytest.raises(ValueError, match="int8='static' needs calibration samples"):
+        to_openvino_ir(tmp_path / "model.onnx", tmp_path / "ir", torch.bfloat16, "static")
 
     with pytest.raises(ValueError, match="int8 must be False, True, 'dynamic' or 'static'"):
         build(tiny_sd1, tmp_path / "x", backend="openvino", dtype="bf16", int8="int4")

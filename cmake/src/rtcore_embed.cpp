@@ -67,13 +67,14 @@ struct Engine::Impl {
 
 // Engines exported with --kernels or --int8 call rtcore's Triton ops (torch.ops.rtcore.*), which only the Python
 // runtime registers: refuse them here with a message rather than fail inside the first model call. There is no
-// JSON parser in libtorch; the manifest is written by json.dumps(indent=2), so each flag reads `"name": true`.
+// JSON parser in libtorch; the manifest is written by json.dumps(indent=2), so a flag reads `"kernels": true` and
+// an int8 mode `"int8": true` (older engines) or `"int8": "dynamic"` / `"static"`.
 static const std::string& embeddable(const std::string& dir) {
   std::ifstream in(dir + "/manifest.json");
   if (!in) throw std::runtime_error(dir + " is not an engine directory: no manifest.json");
   std::stringstream text;
   text << in.rdbuf();
-  for (const char* flag : {"\"kernels\": true", "\"int8\": true"}) {
+  for (const char* flag : {"\"kernels\": true", "\"int8\": true", "\"int8\": \"dynamic\"", "\"int8\": \"static\""}) {
     if (text.str().find(flag) != std::string::npos)
       throw std::runtime_error(dir + " was exported with --kernels or --int8: its graphs call rtcore's Triton ops, "
                                "which only the Python runtime registers; export it without them for C++");
