@@ -72,6 +72,18 @@ def _affine_act_store(y, y_ptr, offs, res_ptr, w_ptr, b_ptr, n, ch, p, mask, rst
 
 
 @triton.jit
+def _merge_chunks(mean_ptr, m2_ptr, offs, mask, n_k, group_elems, eps):
+    """Mean and 1/std of a group from its chunk partials (count n_k, mean, M2), the chunks along axis 0 of
+    ``offs``: one group (chunks,) or every group at once (chunks, groups)."""
+    mean_k = tl.load(mean_ptr + offs, mask=mask, other=0.0)
+    m2_k = tl.load(m2_ptr + offs, mask=mask, other=0.0)
+    mean = tl.sum(n_k * mean_k, axis=0) / group_elems
+    dev = tl.where(mask, mean_k - mean, 0.0)
+    var = (tl.sum(m2_k, axis=0) + tl.sum(n_k * dev * dev, axis=0)) / group_elems
+    return mean, tl.rsqrt(var + eps)
+
+
+@triton.jit
 def _group_norm_stats_kernel(
     x_ptr,  # (N, C, H, W) input, any strides where H, W merge into one pixel axis
     mean_ptr,  # (N·G, CHUNKS) fp32 out: mean of each chunk
@@ -127,12 +139,7 @@ def _group_norm_apply_kernel(
     k = tl.arange(0, BLOCK_CHUNKS)
     k_mask = k < num_chunks
     n_k = tl.where(k_mask, tl.minimum(chunk_size, group_elems - k * chunk_size), 0).to(tl.float32)
-    mean_k = tl.load(mean_ptr + row * num_chunks + k, mask=k_mask, other=0.0)
-    m2_k = tl.load(m2_ptr + row * num_chunks + k, mask=k_mask, other=0.0)
-    mean = tl.sum(n_k * mean_k, axis=0) / group_elems
-    dev = tl.where(k_mask, mean_k - mean, 0.0)
-    var = (tl.sum(m2_k, axis=0) + tl.sum(n_k * dev * dev, axis=0)) / group_elems
-    rstd = tl.rsqrt(var + eps)
+    mean, rstd = _merge_chunks(mean_ptr, m2_ptr, row * num_chunks + k, k_mask, n_k, group_elems, eps)
 
     idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < group_elems
@@ -232,11 +239,7 @@ def _group_norm_apply_cl_kernel(
     g = tl.arange(0, BLOCK_G)[None, :]
     km = (k < num_chunks) & (g < G)
     n_k = tl.where(km, tl.minimum(chunk_pixels, HW - k * chunk_pixels) * C_PER_G, 0).to(tl.float32)
-    mean_k = tl.load(mean_ptr + (n * G + g) * num_chunks + k, mask=km, other=0.0)
-    m2_k = tl.load(m2_ptr + (n * G + g) * num_chunks + k, mask=km, other=0.0)
-    mean = tl.sum(n_k * mean_k, axis=0) / group_elems
-    dev = tl.where(km, mean_k - mean[None, :], 0.0)
-    rstd = tl.rsqrt((tl.sum(m2_k, axis=0) + tl.sum(n_k * dev * dev, axis=0)) / group_elems + eps)
+    mean, rstd = _merge_chunks(mean_ptr, m2_ptr, (n * G + g) * num_chunks + k, km, n_k, group_elems, eps)
 
     p, ch, mask = _cl_tile(tl.program_id(1) * BLOCK_P, HW, G, C_PER_G, BLOCK_P, BLOCK_G, BLOCK_CG)
     offs = n.to(tl.int64) * stride_n + ch.to(tl.int64) * stride_c + p.to(tl.int64) * stride_p
