@@ -103,7 +103,8 @@ def _make(engine, checkpoint, onnx_dir, workdir, latent):
         calibration = None
         if int8 == "static":  # part of the build, so part of the load time
             ckpt = load_checkpoint(checkpoint)
-            ckpt.vae.float(), ckpt.text_encoder.float()  # as build() exports them (the files may hold fp16)
+            ckpt.vae.float()  # as build() exports them: the files may hold fp16
+            ckpt.text_encoder.float()
             calibration = unet_calibration_set(ckpt, 8 * latent, 8 * latent)
         ir = to_openvino_ir(path, Path(workdir) / engine, dtype, int8, calibration)
         fn = OpenVinoModel(ir, inputs, outputs, dtype, int8)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from rtcore.embed import DEFAULT_EDIT, table_json, table_text
-from rtcore.engines import DTYPE_NAMES, resolve_device, resolve_dtype
+from rtcore.engines import DTYPE_NAMES, resolve_device, resolve_dtype, resolve_int8
 from rtcore.manifest import (
     BACKEND_DEPENDENCIES,
     DEVICE_BOUND,
@@ -99,20 +99,6 @@ def build_unet_package(checkpoint, folder, dtype, size, device="cpu"):
     folder.mkdir(parents=True, exist_ok=True)
     contract = contracts(ckpt, size, size, 1, device, dtype)["unet"]
     return torch._inductor.aoti_load_package(str(_export_aoti(contract, folder, device)))
-
-
-INT8_MODES = ("dynamic", "static")
-
-
-def resolve_int8(int8):
-    """False/None → None; True → "dynamic"; "dynamic"/"static" as they are."""
-    if int8 is None or int8 is False:
-        return None
-    if int8 is True:
-        return "dynamic"
-    if int8 not in INT8_MODES:
-        raise ValueError(f"int8 must be False, True, 'dynamic' or 'static', got {int8!r}")
-    return int8
 
 
 def to_openvino_ir(onnx_path, folder, dtype, int8=None, calibration=None):

@@ -49,6 +49,20 @@ def resolve_dtype(dtype):
     raise ValueError(f"dtype must be one of {sorted(set(DTYPES))} or torch.float32/float16/bfloat16, got {dtype!r}")
 
 
+INT8_MODES = ("dynamic", "static")
+
+
+def resolve_int8(int8):
+    """False/None → None; True → "dynamic"; "dynamic"/"static" as they are."""
+    if int8 is None or int8 is False:
+        return None
+    if int8 is True:
+        return "dynamic"
+    if int8 not in INT8_MODES:
+        raise ValueError(f"int8 must be False, True, 'dynamic' or 'static', got {int8!r}")
+    return int8
+
+
 def resolve_device(device):
     try:
         device = torch.device(device)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engines import BACKENDS, Engines, eager_engines, resolve_device, resolve_dtype
+from .engines import BACKENDS, Engines, eager_engines, resolve_device, resolve_dtype, resolve_int8
 from .images import postprocess
 from .manifest import MANIFEST, validate
 from .sampling import draw_noise
@@ -147,9 +147,7 @@ class Pipeline:
                 raise ValueError(f"{path} was built for dtype {manifest['dtype']}; dtype={dtype!r} does not match")
             return cls.load(path, device)
         backend = backend or "eager"
-        dtype = resolve_dtype(dtype or torch.float32)
-        if int8 not in (False, None, True, "dynamic", "static"):
-            raise ValueError(f"int8 must be False, True, 'dynamic' or 'static', got {int8!r}")
+        dtype, int8 = resolve_dtype(dtype or torch.float32), resolve_int8(int8)
         if int8 == "static" and backend == "eager":
             raise ValueError("int8='static' (calibrated int8 convolutions) is an openvino engine: pass "
                              "backend='openvino', dtype='bf16'; the eager backend's int8 is dynamic (int8=True)")
