@@ -97,7 +97,16 @@ def encode_pool(vae, pixels, batch=256):
     return torch.cat(means), torch.cat(stds)
 
 
-def train_unet(unet, text, means, stds, captions, tokenizer, scaling, steps, batch, lr, generator, log):
+def min_snr_weight(alpha_cumprod, gamma):
+    """Min-SNR-γ loss weights (Hang et al. 2023) of ε-prediction, min(SNR, γ) / SNR: 1 for the noisy timesteps,
+    where shape and layout are decided, γ / SNR for the nearly clean ones, whose gradients the paper finds conflict
+    with the noisy ones' and slow convergence."""
+    snr = alpha_cumprod / (1 - alpha_cumprod)
+    return snr.clamp(max=gamma) / snr
+
+
+def train_unet(unet, text, means, stds, captions, tokenizer, scaling, steps, batch, lr, generator, log,
+               snr_gamma=None):
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = [p.detach().clone() for p in params]
@@ -124,7 +133,10 @@ def train_unet(unet, text, means, stds, captions, tokenizer, scaling, steps, bat
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text(batch_ids).last_hidden_state
-        loss = F.mse_loss(unet(zt, t, context), noise)
+        loss = F.mse_loss(unet(zt, t, context), noise, reduction="none").mean((1, 2, 3))
+        if snr_gamma:
+            loss = loss * min_snr_weight(a.view(-1), snr_gamma)
+        loss = loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -151,6 +163,9 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--held-out", type=int, default=256, help="held-out scenes of the VAE's PSNR check")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the UNet stage")
+    parser.add_argument("--snr-gamma", type=float, default=None,
+                        help="weight the UNet loss by min(SNR, γ)/SNR (Min-SNR-γ; 5 is the paper's): training time "
+                             "goes to the noisy timesteps that decide shape and layout (default: unweighted)")
     parser.add_argument("--resume", default=None,
                         help="a checkpoint this script wrote (or 'rtcore-shapes'): keep its VAE and tokenizer, and "
                              "train its UNet and text encoder --unet-steps further")
@@ -211,7 +226,7 @@ def main(argv=None):
     vae_s = time.perf_counter() - began
 
     unet, text = train_unet(unet, text, means, stds, captions, tokenizer, scaling, args.unet_steps, args.batch,
-                            args.lr, generator, log)
+                            args.lr, generator, log, args.snr_gamma)
     save_model(root / "unet", unet.half(), unet_cfg)
     # stored in fp16 like the rest, loaded in fp32: transformers would otherwise keep the stored dtype
     text_cfg = dict(text_cfg or clip_config(TEXT, vocab).to_dict(), dtype="float32")
@@ -223,7 +238,7 @@ def main(argv=None):
         "command": "python -m rtcore.export.train_shapes " + " ".join(sys.argv[1:] if argv is None else argv),
         "resumed_from": resumed_from if source else None,
         "seed": args.seed, "pool": args.pool, "vae_steps": 0 if source else args.vae_steps,
-        "unet_steps": args.unet_steps, "batch": args.batch, "lr": args.lr,
+        "unet_steps": args.unet_steps, "batch": args.batch, "lr": args.lr, "snr_gamma": args.snr_gamma,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "vae_seconds": round(vae_s),
         "total_seconds": round(total), "vae_held_out_psnr_db": round(vae_psnr, 2)})
     log(f"wrote {root} in {total / 60:.1f} min")

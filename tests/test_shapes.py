@@ -174,7 +174,7 @@ def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     small = ["--pool", "32", "--held-out", "8", "--batch", "4", "--unet-steps", "2", "--threads", "1"]
     runs = [["--out", str(first), "--vae-steps", "2", *small],
-            ["--out", str(second), "--resume", str(first), "--lr", "1e-4", *small]]
+            ["--out", str(second), "--resume", str(first), "--lr", "1e-4", "--snr-gamma", "5", *small]]
     script = f"from rtcore.export.train_shapes import main\nfor args in {runs!r}:\n    main(args)"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -185,3 +185,12 @@ def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
     assert (first / unet).read_bytes() != (second / unet).read_bytes()
     log = json.loads((second / "training.json").read_text())
     assert log["vae_steps"] == 0 and log["resumed_from"]["vae_steps"] == 2 and log["lr"] == 1e-4
+    assert log["snr_gamma"] == 5 and log["resumed_from"]["snr_gamma"] is None
+
+
+def test_min_snr_weight_keeps_noisy_timesteps_and_damps_clean_ones():
+    from rtcore.export.train_shapes import min_snr_weight
+
+    alpha_cumprod = torch.tensor([0.01, 0.5, 5 / 6, 0.99])  # SNR 0.0101, 1, 5, 99
+    weight = min_snr_weight(alpha_cumprod, 5.0)
+    torch.testing.assert_close(weight, torch.tensor([1.0, 1.0, 1.0, 5 / 99]))
