@@ -65,8 +65,7 @@ def judge(source, target, kind, edited):
         region = ~shapes.dilate(truth | got.mask, 2)
     scores["psnr_kept"] = psnr(edited[region] / 255.0, original[region] / 255.0) if region.any() else None
     if kind != "shape":
-        union = (got.mask | truth).sum()
-        scores["iou"] = float((got.mask & truth).sum() / union) if union else 0.0
+        scores["iou"] = shapes.iou(got.mask, truth)
         scores["shift"] = (math.dist(got.centre, (source.cx - 0.5, source.cy - 0.5)) if got.centre is not None
                            else None)
     return scores
@@ -117,6 +116,24 @@ def text_to_image(sd, scenes, steps, guidance, seed):
             "background": float(np.mean([r.background == s.background for r, s in zip(readings, scenes)]))}
 
 
+def layout_shift(sd, captions, changed, steps, guidance, seed):
+    """How far the object moves when one word of the prompt changes and nothing else does: text-to-image of
+    ``captions`` and of ``changed`` from the same initial noise (deterministic DDIM), the mean centre distance (px)
+    and mask IoU of the pairs where both images have an object. An edit keeps the object in place no better than the model does from the same
+    noise, so this bounds the structure an edit can preserve."""
+    def draw(prompts):
+        out = sd.text_to_image(prompts, height=shapes.SIZE, width=shapes.SIZE, num_inference_steps=steps,
+                               guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
+                               output_type="np")
+        return [shapes.read(np.clip(np.rint(im * 255), 0, 255).astype(np.uint8)) for im in out.images]
+
+    found = [(a, b) for a, b in zip(draw(captions), draw(changed)) if a.centre is not None and b.centre is not None]
+    if not found:  # no pair where both images have an object
+        return {"shift": None, "iou": None, "pairs": 0}
+    return {"shift": float(np.mean([math.dist(a.centre, b.centre) for a, b in found])),
+            "iou": float(np.mean([shapes.iou(a.mask, b.mask) for a, b in found])), "pairs": len(found)}
+
+
 OPENVINO_INT8 = {"openvino-bf16": None, "openvino-int8": "dynamic", "openvino-int8-static": "static"}
 PRECISIONS = ("fp32", "bf16", *OPENVINO_INT8)
 
@@ -138,7 +155,7 @@ def load(model, variant):
     return cycle, StableDiffusion(cycle.engines)
 
 
-def run(model, n_images, strengths, steps, guidance, precisions, seed, log=print):
+def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_guidance=(), log=print):
     scenes = shapes.held_out(n_images)
     report = {**header(), "model": str(model), "images": n_images, "steps": steps, "guidance_scale": guidance,
               "seed": seed, "strengths": list(strengths), "edits": [], "drift": []}
@@ -149,6 +166,12 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, log=print
     report["text_to_image"] = text_to_image(sd, scenes, steps, guidance, seed)
     log(f"text-to-image reads as prompted (colour and shape): {report['text_to_image']['colour_and_shape']:.1%} "
         f"({time.perf_counter() - start:.0f} s)")
+    report["layout_shift"] = {kind: layout_shift(sd, [s.caption for s in scenes],
+                                                 [t.caption for t in edit_targets(scenes, kind)], steps, guidance,
+                                                 seed) for kind in KINDS}
+    log("one-word prompt change, same noise: " + ", ".join(
+        f"{kind} moves the object {v['shift'] or float('nan'):.1f} px (mask IoU {v['iou'] or float('nan'):.2f})"
+        for kind, v in report["layout_shift"].items()))
     reference = {}  # kind → fp32 CycleDiffusion images and scores at the middle strength: the drift baseline
     middle = strengths[len(strengths) // 2]
     for kind in KINDS:
@@ -165,6 +188,16 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, log=print
                 log(f"{kind:<10} {method:<10} strength {strength:.2f}: success {scores['success']:.0%}  "
                     f"kept {scores['kept']:.0%}  PSNR kept {scores['psnr_kept'] or float('nan'):.1f} dB  "
                     f"IoU {scores.get('iou') or float('nan'):.2f}")
+    # CycleDiffusion colour edits at other guidance scales: the success-against-IoU frontier (the issue's target)
+    report["colour_guidance"] = []
+    targets = edit_targets(scenes, "colour")
+    for g in colour_guidance:
+        for strength in strengths:
+            edited = run_edits(cycle, sd, "cycle", scenes, targets, strength, steps, g, seed)
+            scores = summarize([judge(s, t, "colour", e) for s, t, e in zip(scenes, targets, edited)])
+            report["colour_guidance"].append({"guidance_scale": g, "strength": strength, **scores})
+            log(f"colour cycle guidance {g:g} strength {strength:.2f}: success {scores['success']:.0%}  "
+                f"IoU {scores['iou']:.2f}  shift {scores['shift'] or float('nan'):.1f} px")
     for variant in precisions:
         if variant == "fp32":
             continue
@@ -205,6 +238,18 @@ def markdown(report):
     for r in report["edits"]:
         lines.append(f"| {r['kind']} | {r['method']} | {r['strength']:.2f} | {r['success']:.0%} | {r['kept']:.0%} | "
                      f"{f(r['psnr_kept'], '.1f')} | {f(r.get('iou'), '.2f')} | {f(r.get('shift'), '.2f')} |")
+    shift = report.get("layout_shift")
+    if shift:
+        lines += ["", "One-word prompt change from the same noise (text-to-image, deterministic DDIM): how far the "
+                  "object moves when only the named attribute changes.", "",
+                  "| changed word | centre shift (px) | mask IoU |", "|---|---|---|"]
+        lines += [f"| {kind} | {f(v['shift'], '.1f')} | {f(v['iou'], '.2f')} |" for kind, v in shift.items()]
+    if report.get("colour_guidance"):
+        lines += ["", "| colour edit, cycle: guidance | strength | success | kept | PSNR kept (dB) | object IoU | "
+                  "centre shift (px) |", "|---|---|---|---|---|---|---|"]
+        for r in report["colour_guidance"]:
+            lines.append(f"| {r['guidance_scale']:g} | {r['strength']:.2f} | {r['success']:.0%} | {r['kept']:.0%} | "
+                         f"{f(r['psnr_kept'], '.1f')} | {f(r['iou'], '.2f')} | {f(r['shift'], '.2f')} |")
     if report["drift"]:
         lines += ["", "| precision | edit | PSNR vs fp32 (dB) | max abs (of 255) | success | success fp32 |",
                   "|---|---|---|---|---|---|"]
@@ -245,6 +290,8 @@ def main(argv=None):
     parser.add_argument("--strengths", default="0.4,0.55,0.7,0.85")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps over the whole schedule (as strength 1)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--colour-guidance", default="2,3,5",
+                        help="more guidance scales for CycleDiffusion colour edits over the strengths ('' for none)")
     parser.add_argument("--precisions", default=",".join(PRECISIONS),
                         help="drift of CycleDiffusion edits against fp32 ('' for none)")
     parser.add_argument("--seed", type=int, default=0)
@@ -259,10 +306,14 @@ def main(argv=None):
         parser.error(f"--strengths must be comma-separated numbers in (0, 1], got {args.strengths!r}")
     if not strengths or not all(0 < s <= 1 for s in strengths):
         parser.error(f"--strengths must be comma-separated numbers in (0, 1], got {args.strengths!r}")
+    try:
+        colour_guidance = [float(g) for g in args.colour_guidance.split(",") if g]
+    except ValueError:
+        parser.error(f"--colour-guidance must be comma-separated numbers, got {args.colour_guidance!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args.model, args.images, strengths, args.steps, args.guidance_scale,
-                 [p for p in args.precisions.split(",") if p], args.seed)
+                 [p for p in args.precisions.split(",") if p], args.seed, colour_guidance)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(report, indent=2))

@@ -180,7 +180,8 @@ def _hue_name(hues):
     return min(HUES, key=lambda name: min(abs(angle - HUES[name]), 360 - abs(angle - HUES[name])))
 
 
-def _iou(a, b):
+def iou(a, b):
+    """Intersection over union of two bool masks (0 when both are empty)."""
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 0.0
 
@@ -200,9 +201,9 @@ def read_shape(mask):
         r = math.sqrt(area / area_per_r2)
         for angle in range(0, period, 6):
             template = shape_mask(shape, cx, cy, r, angle) > 0.5
-            iou = _iou(mask, template)
-            if iou > best[1]:
-                best = (shape, iou)
+            overlap = iou(mask, template)
+            if overlap > best[1]:
+                best = (shape, overlap)
     return best
 
 

@@ -147,14 +147,31 @@ def test_quality_benchmark_writes_its_report(tmp_path, capsys):
     from rtcore.cli import main
 
     assert main(["bench", "quality", "--images", "2", "--strengths", "0.5,0.75", "--steps", "4",
-                 "--precisions", "fp32,bf16", "--out", str(tmp_path)]) == 0
+                 "--precisions", "fp32,bf16", "--colour-guidance", "3", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "quality.json").read_text())
     assert len(report["edits"]) == 3 * 3 * 2  # kinds × methods × strengths
+    assert [(r["guidance_scale"], r["strength"]) for r in report["colour_guidance"]] == [(3.0, 0.5), (3.0, 0.75)]
+    assert set(report["layout_shift"]) == {"colour", "shape", "background"}
     assert {r["precision"] for r in report["drift"]} == {"bf16"}
     assert all(0 <= r["success"] <= 1 for r in report["edits"])
     assert report["vae_psnr_db"] > 25
     assert (tmp_path / "quality.png").stat().st_size > 10_000
     assert "| colour | sdedit | 0.50 |" in (tmp_path / "quality.md").read_text()
+
+
+def test_layout_shift_is_zero_for_an_unchanged_prompt(shapes_pipe):
+    """Same caption, same noise: the same object in the same place; another colour moves it (the model's layout
+    depends on the colour word: what bounds a colour edit's object IoU)."""
+    from rtcore.bench.quality import layout_shift
+    from rtcore.stable_diffusion import StableDiffusion
+
+    sd = StableDiffusion(shapes_pipe.engines)
+    scenes = shapes.held_out(4)
+    captions = [s.caption for s in scenes]
+    same = layout_shift(sd, captions, captions, steps=6, guidance=7.5, seed=0)
+    assert same["pairs"] >= 2 and same["shift"] == 0.0 and same["iou"] == 1.0
+    recoloured = [shapes.with_attribute(s, "colour", "red" if s.colour != "red" else "blue").caption for s in scenes]
+    assert layout_shift(sd, captions, recoloured, steps=6, guidance=7.5, seed=0)["iou"] < 1.0
 
 
 def test_quality_benchmark_rejects_bad_strengths(capsys):
