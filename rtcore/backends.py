@@ -327,5 +327,6 @@ def load_engines(engine_dir, device="cpu", providers=None, check_hashes=True) ->
         dtype=dtype,
         backend=backend,
         fixed_size=(shapes["height"], shapes["width"]) if shapes.get("fixed_size") else None,
+        default_size=(shapes["height"], shapes["width"]),  # the build's size: the UNet's own unless told otherwise
         providers={n: m.providers for n, m in models.items() if isinstance(m, OrtModel)},
     )

@@ -38,6 +38,7 @@ class Engines:
     dtype: torch.dtype
     backend: str
     fixed_size: tuple = None  # (H, W) for engines built for one image size; None: any multiple of vae_scale_factor
+    default_size: tuple = (512, 512)  # (H, W) text-to-image draws when not told: the size the UNet was trained at
     providers: dict = field(default_factory=dict)  # ONNX Runtime: the providers each session really runs
 
 
@@ -97,4 +98,5 @@ def eager_engines(checkpoint, device, dtype) -> Engines:
         device=device,
         dtype=dtype,
         backend="eager",
+        default_size=(unet.config.sample_size * vae.config.scale_factor,) * 2,  # as diffusers' pipelines
     )

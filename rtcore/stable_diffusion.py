@@ -66,7 +66,7 @@ class StableDiffusion(Pipeline):
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
         f = eng.vae_scale_factor
-        default = eng.fixed_size or (512, 512)
+        default = eng.fixed_size or eng.default_size
         height, width = height or default[0], width or default[1]
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < f or value % f:

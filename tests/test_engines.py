@@ -30,6 +30,7 @@ def test_onnx_edit_matches_eager(onnx_dir, pipe, size):
 
     engine = load(onnx_dir)
     assert engine.engines.backend == "onnx"
+    assert engine.engines.default_size == (64, 64)  # text-to-image's size when not told: the one it was built for
     assert all(p == ["CPUExecutionProvider"] for p in engine.engines.providers.values())
     image = sample_image(*size)  # ONNX engines take any multiple of 8, not only the profile's size
     got = engine(image=image, generator=torch.Generator().manual_seed(0), **ARGS).images

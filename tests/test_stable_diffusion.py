@@ -52,6 +52,13 @@ def test_text_to_image_matches_diffusers(sd, oracles, kwargs):
     assert ours.shape == ref.shape and err <= 1e-3 and ours.std() > 0.01
 
 
+def test_text_to_image_defaults_to_the_unets_size_as_diffusers(sd, oracles):
+    """No height/width: the UNet's sample size × the VAE's scale factor (the tiny model's 64², not SD's 512²)."""
+    ours = sd.text_to_image("a", num_inference_steps=2, generator=_gens(0), output_type="np").images
+    ref = oracles[0]("a", num_inference_steps=2, generator=_gens(0), output_type="np").images
+    assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-3
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(num_inference_steps=10, strength=0.75, guidance_scale=7.5, eta=0.0, seed=0),
     dict(num_inference_steps=12, strength=1.0, guidance_scale=2.0, eta=1.0, seed=1, size=(64, 48)),
