@@ -119,8 +119,8 @@ def text_to_image(sd, scenes, steps, guidance, seed):
 def layout_shift(sd, captions, changed, steps, guidance, seed):
     """How far the object moves when one word of the prompt changes and nothing else does: text-to-image of
     ``captions`` and of ``changed`` from the same initial noise (deterministic DDIM), the mean centre distance (px)
-    and mask IoU of the pairs where both images have an object. An edit keeps the object in place no better than the model does from the same
-    noise, so this bounds the structure an edit can preserve."""
+    and mask IoU of the pairs where both images have an object. It measures how much the model ties the object's
+    place to the word an edit changes: what CycleDiffusion's encoded noise has to hold against to keep it there."""
     def draw(prompts):
         out = sd.text_to_image(prompts, height=shapes.SIZE, width=shapes.SIZE, num_inference_steps=steps,
                                guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
