@@ -16,8 +16,10 @@ the latent is then the DDIM trajectory of a forward-noised image), and SDEdit (i
 and guidance). The same model, seed and steps for all.
 
 Also measured: the VAE's reconstruction PSNR, text-to-image (does a generated image read as its prompt's colour
-and shape), and precision drift — the same CycleDiffusion edits in bf16 (and OpenVINO bf16/int8 when installed)
-against fp32: PSNR of the edited images and the change in success rate.
+and shape), CycleDiffusion colour edits at more guidance scales (the success-against-IoU frontier), how far a
+one-word prompt change moves the object from the same noise (``layout_shift``), and precision drift: the same
+CycleDiffusion edits in bf16 (and OpenVINO bf16/int8 when installed) against fp32, as PSNR of the edited images and
+the change in success rate.
 
 Writes quality.json, quality.md and quality.png (success against preservation, one panel per edit kind).
 """

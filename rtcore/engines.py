@@ -38,7 +38,7 @@ class Engines:
     dtype: torch.dtype
     backend: str
     fixed_size: tuple = None  # (H, W) for engines built for one image size; None: any multiple of vae_scale_factor
-    default_size: tuple = (512, 512)  # (H, W) text-to-image draws when not told: the size the UNet was trained at
+    default_size: tuple = (512, 512)  # (H, W) text-to-image draws when not told: the UNet's own, or the build's
     providers: dict = field(default_factory=dict)  # ONNX Runtime: the providers each session really runs
 
 

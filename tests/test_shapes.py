@@ -161,7 +161,7 @@ def test_quality_benchmark_writes_its_report(tmp_path, capsys):
 
 def test_layout_shift_is_zero_for_an_unchanged_prompt(shapes_pipe):
     """Same caption, same noise: the same object in the same place; another colour moves it (the model's layout
-    depends on the colour word: what bounds a colour edit's object IoU)."""
+    depends on the colour word: what works against a colour edit's object IoU)."""
     from rtcore.bench.quality import layout_shift
     from rtcore.stable_diffusion import StableDiffusion
 

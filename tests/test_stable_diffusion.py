@@ -53,7 +53,7 @@ def test_text_to_image_matches_diffusers(sd, oracles, kwargs):
 
 
 def test_text_to_image_defaults_to_the_unets_size_as_diffusers(sd, oracles):
-    """No height/width: the UNet's sample size × the VAE's scale factor (the tiny model's 64², not SD's 512²)."""
+    """No height/width: the UNet's sample size × the VAE's scale factor (the tiny model's 128², not SD's 512²)."""
     ours = sd.text_to_image("a", num_inference_steps=2, generator=_gens(0), output_type="np").images
     ref = oracles[0]("a", num_inference_steps=2, generator=_gens(0), output_type="np").images
     assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-3
