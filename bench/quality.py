@@ -118,6 +118,30 @@ def text_to_image(sd, scenes, steps, guidance, seed):
             "background": float(np.mean([r.background == s.background for r, s in zip(readings, scenes)]))}
 
 
+def latent_change(cycle, scenes):
+    """How much of an object's VAE latent each attribute is: the latent distance (scaled latents, posterior mean)
+    from a scene to the same scene with its colour (or shape) changed, relative to the distance to the scene without
+    its object, and the cosine between the object's latent signal in its colour and in the target colour. A colour
+    change that moves the latent as far as removing the object leaves a denoiser little to tell "this object,
+    recoloured" from "another object"."""
+    eng = cycle.engines
+
+    def latents(batch, objects=True):
+        with torch.inference_mode():
+            mean, _ = eng.vae_encode(shapes.pixels(batch, objects).to(eng.device, eng.dtype))
+        return (mean.float() * eng.scaling_factor).flatten(1).cpu()
+
+    z = latents(scenes)
+    empty = latents(scenes, objects=False)
+    recoloured = latents(edit_targets(scenes, "colour"))
+    reshaped = latents(edit_targets(scenes, "shape"))
+    obj = (z - empty).norm(dim=1)
+    return {"colour_vs_object": float(((recoloured - z).norm(dim=1) / obj).mean()),
+            "shape_vs_object": float(((reshaped - z).norm(dim=1) / obj).mean()),
+            "object_cosine_across_colours": float(torch.nn.functional.cosine_similarity(z - empty,
+                                                                                       recoloured - empty).mean())}
+
+
 def layout_shift(sd, captions, changed, steps, guidance, seed):
     """How far the object moves when one word of the prompt changes and nothing else does: text-to-image of
     ``captions`` and of ``changed`` from the same initial noise (deterministic DDIM), the mean centre distance (px)
@@ -171,6 +195,10 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_gu
     report["layout_shift"] = {kind: layout_shift(sd, [s.caption for s in scenes],
                                                  [t.caption for t in edit_targets(scenes, kind)], steps, guidance,
                                                  seed) for kind in KINDS}
+    report["latent_change"] = latent_change(cycle, scenes)
+    log("latent distance of a colour change / of removing the object: "
+        f"{report['latent_change']['colour_vs_object']:.2f} (shape change: "
+        f"{report['latent_change']['shape_vs_object']:.2f})")
     log("one-word prompt change, same noise: " + ", ".join(
         f"{kind} moves the object {v['shift'] or float('nan'):.1f} px (mask IoU {v['iou'] or float('nan'):.2f})"
         for kind, v in report["layout_shift"].items()))
@@ -246,6 +274,11 @@ def markdown(report):
                   "object moves when only the named attribute changes.", "",
                   "| changed word | centre shift (px) | mask IoU |", "|---|---|---|"]
         lines += [f"| {kind} | {f(v['shift'], '.1f')} | {f(v['iou'], '.2f')} |" for kind, v in shift.items()]
+    change = report.get("latent_change")
+    if change:
+        lines += ["", f"VAE latent distance of a colour change, relative to removing the object: "
+                  f"{change['colour_vs_object']:.2f} (shape change: {change['shape_vs_object']:.2f}); cosine of the "
+                  f"object's latent signal across colours: {change['object_cosine_across_colours']:.2f}."]
     if report.get("colour_guidance"):
         lines += ["", "| colour edit, cycle: guidance | strength | success | kept | PSNR kept (dB) | object IoU | "
                   "centre shift (px) |", "|---|---|---|---|---|---|---|"]

@@ -123,11 +123,13 @@ def image(s: Scene) -> PIL.Image.Image:
     return PIL.Image.fromarray(render(s)[0])
 
 
-def pixels(scenes):
-    """The scenes as a float tensor (N, 3, 64, 64) in [-1, 1]: what a VAE takes."""
+def pixels(scenes, objects=True):
+    """The scenes as a float tensor (N, 3, 64, 64) in [-1, 1]: what a VAE takes (``objects=False``: their
+    backgrounds alone)."""
     import torch
 
-    images = np.stack([render(s)[0] for s in scenes])
+    images = np.stack([render(s)[0] if objects else np.clip(np.rint(_background(s)), 0, 255).astype(np.uint8)
+                       for s in scenes])
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 

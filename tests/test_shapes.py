@@ -152,6 +152,8 @@ def test_quality_benchmark_writes_its_report(tmp_path, capsys):
     assert len(report["edits"]) == 3 * 3 * 2  # kinds × methods × strengths
     assert [(r["guidance_scale"], r["strength"]) for r in report["colour_guidance"]] == [(3.0, 0.5), (3.0, 0.75)]
     assert set(report["layout_shift"]) == {"colour", "shape", "background"}
+    assert report["latent_change"]["colour_vs_object"] > 0 and -1 <= report["latent_change"][
+        "object_cosine_across_colours"] <= 1
     assert {r["precision"] for r in report["drift"]} == {"bf16"}
     assert all(0 <= r["success"] <= 1 for r in report["edits"])
     assert report["vae_psnr_db"] > 25
