@@ -104,12 +104,17 @@ def vae_psnr(cycle, scenes):
     return float(np.mean([psnr(r, p, peak=2.0) for r, p in zip(recon.numpy(), pixels.numpy())]))
 
 
-def text_to_image(sd, scenes, steps, guidance, seed):
-    """Rate at which a generated image reads as its prompt's colour and shape (and background)."""
-    out = sd.text_to_image([s.caption for s in scenes], height=shapes.SIZE, width=shapes.SIZE,
-                           num_inference_steps=steps, guidance_scale=guidance,
-                           generator=torch.Generator().manual_seed(seed), output_type="np")
-    readings = [shapes.read(np.clip(np.rint(im * 255), 0, 255).astype(np.uint8)) for im in out.images]
+def generate(sd, captions, steps, guidance, seed):
+    """The readings (rtcore.shapes.read) of text-to-image of ``captions``: deterministic DDIM from one seeded batch
+    of noise, so image i starts from the same noise whatever the captions."""
+    out = sd.text_to_image(captions, height=shapes.SIZE, width=shapes.SIZE, num_inference_steps=steps,
+                           guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np")
+    return [shapes.read(np.clip(np.rint(im * 255), 0, 255).astype(np.uint8)) for im in out.images]
+
+
+def text_to_image(readings, scenes):
+    """Rate at which images generated from the scenes' captions (their readings) show the prompted colour and
+    shape (and background)."""
     return {"n": len(scenes),
             "colour_and_shape": float(np.mean([r.colour == s.colour and r.shape == s.shape
                                                for r, s in zip(readings, scenes)])),
@@ -142,18 +147,13 @@ def latent_change(cycle, scenes):
                                                                                        recoloured - empty).mean())}
 
 
-def layout_shift(sd, captions, changed, steps, guidance, seed):
-    """How far the object moves when one word of the prompt changes and nothing else does: text-to-image of
-    ``captions`` and of ``changed`` from the same initial noise (deterministic DDIM), the mean centre distance (px)
-    and mask IoU of the pairs where both images have an object. It measures how much the model ties the object's
-    place to the word an edit changes: what CycleDiffusion's encoded noise has to hold against to keep it there."""
-    def draw(prompts):
-        out = sd.text_to_image(prompts, height=shapes.SIZE, width=shapes.SIZE, num_inference_steps=steps,
-                               guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
-                               output_type="np")
-        return [shapes.read(np.clip(np.rint(im * 255), 0, 255).astype(np.uint8)) for im in out.images]
-
-    found = [(a, b) for a, b in zip(draw(captions), draw(changed)) if a.centre is not None and b.centre is not None]
+def layout_shift(before, after):
+    """How far the object moves when one word of the prompt changes and nothing else does: ``before``/``after`` are
+    the readings (:func:`generate`, same seed) of captions and of the same captions with one word changed; returns
+    the mean centre distance (px) and mask IoU of the pairs where both images have an object. It measures how much
+    the model ties the object's place to the word an edit changes: what CycleDiffusion's encoded noise has to hold
+    against to keep it there."""
+    found = [(a, b) for a, b in zip(before, after) if a.centre is not None and b.centre is not None]
     if not found:  # no pair where both images have an object
         return {"shift": None, "iou": None, "pairs": 0}
     return {"shift": float(np.mean([math.dist(a.centre, b.centre) for a, b in found])),
@@ -189,19 +189,20 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_gu
     report["vae_psnr_db"] = vae_psnr(cycle, scenes)
     log(f"VAE reconstruction PSNR {report['vae_psnr_db']:.2f} dB on {n_images} held-out scenes")
     start = time.perf_counter()
-    report["text_to_image"] = text_to_image(sd, scenes, steps, guidance, seed)
+    drawn = generate(sd, [s.caption for s in scenes], steps, guidance, seed)
+    report["text_to_image"] = text_to_image(drawn, scenes)
     log(f"text-to-image reads as prompted (colour and shape): {report['text_to_image']['colour_and_shape']:.1%} "
         f"({time.perf_counter() - start:.0f} s)")
-    report["layout_shift"] = {kind: layout_shift(sd, [s.caption for s in scenes],
-                                                 [t.caption for t in edit_targets(scenes, kind)], steps, guidance,
-                                                 seed) for kind in KINDS}
+    # the same noise as ``drawn``, one word of each caption changed
+    report["layout_shift"] = {kind: layout_shift(drawn, generate(sd, [t.caption for t in edit_targets(scenes, kind)],
+                                                                 steps, guidance, seed)) for kind in KINDS}
+    log("one-word prompt change, same noise: " + ", ".join(
+        f"{kind} moves the object {v['shift'] or float('nan'):.1f} px (mask IoU {v['iou'] or float('nan'):.2f})"
+        for kind, v in report["layout_shift"].items()))
     report["latent_change"] = latent_change(cycle, scenes)
     log("latent distance of a colour change / of removing the object: "
         f"{report['latent_change']['colour_vs_object']:.2f} (shape change: "
         f"{report['latent_change']['shape_vs_object']:.2f})")
-    log("one-word prompt change, same noise: " + ", ".join(
-        f"{kind} moves the object {v['shift'] or float('nan'):.1f} px (mask IoU {v['iou'] or float('nan'):.2f})"
-        for kind, v in report["layout_shift"].items()))
     reference = {}  # kind → fp32 CycleDiffusion images and scores at the middle strength: the drift baseline
     middle = strengths[len(strengths) // 2]
     for kind in KINDS:

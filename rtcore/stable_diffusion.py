@@ -66,8 +66,7 @@ class StableDiffusion(Pipeline):
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
         f = eng.vae_scale_factor
-        default = eng.fixed_size or eng.default_size
-        height, width = height or default[0], width or default[1]
+        height, width = height or eng.default_size[0], width or eng.default_size[1]  # a fixed-size engine's own
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < f or value % f:
                 raise ValueError(f"{name} must be a positive multiple of {f}, got {value!r}")

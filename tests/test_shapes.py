@@ -164,16 +164,20 @@ def test_quality_benchmark_writes_its_report(tmp_path, capsys):
 def test_layout_shift_is_zero_for_an_unchanged_prompt(shapes_pipe):
     """Same caption, same noise: the same object in the same place; another colour moves it (the model's layout
     depends on the colour word: what works against a colour edit's object IoU)."""
-    from rtcore.bench.quality import layout_shift
+    from rtcore.bench.quality import generate, layout_shift
     from rtcore.stable_diffusion import StableDiffusion
 
     sd = StableDiffusion(shapes_pipe.engines)
+
+    def draw(prompts):  # generated afresh on every call
+        return generate(sd, prompts, steps=6, guidance=7.5, seed=0)
+
     scenes = shapes.held_out(4)
     captions = [s.caption for s in scenes]
-    same = layout_shift(sd, captions, captions, steps=6, guidance=7.5, seed=0)
+    same = layout_shift(draw(captions), draw(captions))
     assert same["pairs"] >= 2 and same["shift"] == 0.0 and same["iou"] == 1.0
     recoloured = [shapes.with_attribute(s, "colour", "red" if s.colour != "red" else "blue").caption for s in scenes]
-    assert layout_shift(sd, captions, recoloured, steps=6, guidance=7.5, seed=0)["iou"] < 1.0
+    assert layout_shift(draw(captions), draw(recoloured))["iou"] < 1.0
 
 
 def test_quality_benchmark_rejects_bad_strengths(capsys):
