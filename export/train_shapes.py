@@ -6,13 +6,22 @@
     python -m rtcore.export.train_shapes --out v3 --resume v2 --unet-steps 7000 --lr 5e-4 --snr-gamma 5
 
 ``--resume`` keeps a checkpoint's VAE and tokenizer as they are and trains its UNet and text encoder further, with
-a fresh warm-up and cosine schedule. rtcore-shapes as shipped is these three commands in turn (its training.json
-records each); the third, with Min-SNR-γ weighting, took 56 minutes on 2 cores of an EPYC Zen 5.
+a fresh warm-up and cosine schedule; with ``--fresh-vae`` it trains a new VAE first and adapts the resumed UNet and
+text encoder to its latents. ``--invariant-channels K`` trains the VAE's first K latent channels to hold the
+object's place alone: each scene is paired with its twin (the same object recoloured, on another background) and
+the two must encode alike there; the place channels are then made louder than the colour channels (exactly, by
+rescaling the encoder's output and the decoder's input), so a colour edit's noisy latent keeps the object where it
+was after its colour is drowned. Its training.json records every run a checkpoint came from. Tried on
+2026-11-30 (``--resume rtcore-shapes --fresh-vae --invariant-channels 2 --vae-steps 3000 --unet-steps 10000
+--lr 1e-3 --snr-gamma 5``, 83 min): the place channels held (a colour edit moves them by 1-2% of their variance),
+the VAE and text-to-image improved, but colour edits kept the object's place worse, so it was not shipped
+(docs/QUALITY.md).
 
 Two stages, seeded (the same command gives the same weights on the same torch build and thread count):
-1. an AutoencoderKL (SD layout, 3 levels: 64×64×3 pixels ↔ 16×16×4 latents) on MSE + L1 + a small KL term;
-   its scaling factor is 1 / std of the latents it then produces, as SD's 0.18215 was chosen;
-2. a UNet2DConditionModel (cross-attention at 16² and 8²) and a small CLIP text encoder from scratch, together, on
+1. an AutoencoderKL (SD layout, 3 levels: 64×64×3 pixels ↔ 16×16×4 latents) on MSE + L1 + a small KL term
+   (+ the twin term of ``--invariant-channels``); its scaling factor is 1 / std of the latents it then produces,
+   as SD's 0.18215 was chosen;
+2. a UNet2DConditionModel (cross-attention at 16² and 8²) and a small CLIP text encoder, together, on
    ε-prediction with SD's scaled-linear β schedule, the caption dropped to "" 10% of the time so classifier-free
    guidance works; the weights written are an exponential moving average.
 
@@ -29,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +59,11 @@ UNET = dict(block_out_channels=[32, 64, 128], layers_per_block=1, attention_head
             norm_num_groups=16, sample_size=shapes.SIZE // 4,
             down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
             up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+# --invariant-channels: weight of the twin spread (a fraction of variance) against the pixel MSE (about 2.5e-3 at
+# 32 dB): 0.1 held the spread under 0.1% but cost reconstruction (29.5 dB after 1500 steps); 0.03 leaves it room
+INVARIANCE_WEIGHT = 0.03
+# and then the place channels are made this many times louder than the colour channels (louder_place)
+PLACE_GAIN = 2.0
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=77, projection_dim=64, hidden_act="quick_gelu")
 
@@ -65,14 +80,31 @@ def cosine_lr(step, steps, peak, warmup=100):
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_vae(pixels, steps, batch, lr, generator, log):
+def twins(seeds, seed):
+    """The scenes of ``seeds`` with the same object in the same place, but another colour and a random
+    background: what the VAE's place channels must not tell apart (``--invariant-channels``)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in (shapes.scene(k) for k in seeds):
+        other = [c for c in shapes.COLOURS if c != s.colour]
+        t = shapes.with_attribute(s, "colour", str(rng.choice(other)))
+        out.append(shapes.with_attribute(t, "background", str(rng.choice(shapes.BACKGROUNDS))))
+    return shapes.pixels(out)
+
+
+def train_vae(pixels, steps, batch, lr, generator, log, twin_pixels=None, invariant=0):
     vae = AutoencoderKL(VAEConfig.from_dict(dict(VAE, _class_name="AutoencoderKL")))
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     start = time.perf_counter()
+    half = batch // 2
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr)
-        x = pixels[torch.randint(len(pixels), (batch,), generator=generator)]
+        if invariant:  # half the batch, and the same scenes' twins
+            pick = torch.randint(len(pixels), (half,), generator=generator)
+            x = torch.cat([pixels[pick], twin_pixels[pick]])
+        else:
+            x = pixels[torch.randint(len(pixels), (batch,), generator=generator)]
         # bf16 autocast: 1.3-2x faster on avx512_bf16 CPUs; the loss and the optimizer stay fp32
         with torch.autocast("cpu", torch.bfloat16):
             mean, std = vae.encode(x)
@@ -80,13 +112,42 @@ def train_vae(pixels, steps, batch, lr, generator, log):
             y = vae.decode(z).float()
         kl = 0.5 * (mean.float().pow(2) + std.float().pow(2) - 1 - 2 * std.float().clamp_min(1e-8).log()).mean()
         loss = F.mse_loss(y, x) + 0.1 * F.l1_loss(y, x) + 1e-5 * kl
+        spread = torch.zeros(())
+        if invariant:
+            place = mean.float()[:, :invariant]
+            # what tells a scene from its twin, as a fraction of the channels' variance: shrinking them gains nothing
+            spread = (place[:half] - place[half:]).pow(2).mean() / place.var()
+            loss = loss + INVARIANCE_WEIGHT * spread
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"vae  step {step:5d}/{steps}  loss {loss.item():.5f}  kl {kl.item():.2f}  "
-                f"{time.perf_counter() - start:7.0f} s")
+                f"twin spread {spread.item():.4f}  {time.perf_counter() - start:7.0f} s")
     return vae.eval()
+
+
+@torch.no_grad()
+def louder_place(vae, means, invariant, log):
+    """Rescales and centres the latent channels, exactly, so that the first ``invariant`` (the place) have
+    PLACE_GAIN times the std of the others (the colours), and every channel has mean 0: the encoder's mean (and
+    std) of channel c times k_c minus the mean, and the decoder's input from it divided by k_c with the mean added
+    back. With one scaling factor for all channels, the louder channels keep a higher SNR at every timestep, so an
+    edit's noisy latent still holds the object's place where its colour is already lost."""
+    stds = means.std((0, 2, 3))
+    gains = torch.ones_like(stds)
+    gains[:invariant] = PLACE_GAIN * stds[invariant:].mean() / stds[:invariant]
+    gains[invariant:] = stds[invariant:].mean() / stds[invariant:]
+    centres = gains * means.mean((0, 2, 3))
+    channels = len(stds)
+    vae.quant_conv.weight[:channels] *= gains.view(-1, 1, 1, 1)
+    vae.quant_conv.bias[:channels] *= gains
+    vae.quant_conv.bias[:channels] -= centres
+    vae.quant_conv.bias[channels:] += 2 * gains.log()  # log-variance: std times the same gain
+    vae.post_quant_conv.weight /= gains.view(1, -1, 1, 1)
+    vae.post_quant_conv.bias += vae.post_quant_conv.weight[:, :, 0, 0] @ centres
+    log(f"latent channel stds {', '.join(f'{v:.3f}' for v in stds.tolist())} rescaled by "
+        f"{', '.join(f'{v:.3f}' for v in gains.tolist())}, centred")
 
 
 @torch.no_grad()
@@ -171,11 +232,23 @@ def main(argv=None):
     parser.add_argument("--resume", default=None,
                         help="a checkpoint this script wrote (or 'rtcore-shapes'): keep its VAE and tokenizer, and "
                              "train its UNet and text encoder --unet-steps further")
+    parser.add_argument("--fresh-vae", action="store_true",
+                        help="with --resume: train a new VAE, and adapt the resumed UNet and text encoder to it")
+    parser.add_argument("--invariant-channels", type=int, default=0,
+                        help="train the VAE's first K latent channels to hold the object's place alone: a scene and "
+                             "its twin (the same object recoloured, on another background) must encode alike there, "
+                             "so an edit's noisy latent keeps the place while the prompt redraws the colour")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     root = Path(args.out)
     if root.exists() and any(root.iterdir()):
         parser.error(f"--out {root} exists and is not empty; choose a new folder")
+    if not 0 <= args.invariant_channels < VAE["latent_channels"]:
+        parser.error(f"--invariant-channels must be in [0, {VAE['latent_channels']}), got {args.invariant_channels}")
+    if args.fresh_vae and not args.resume:
+        parser.error("--fresh-vae goes with --resume (without --resume the VAE is always trained)")
+    if args.invariant_channels and args.resume and not args.fresh_vae:
+        parser.error("--invariant-channels trains a VAE: with --resume, add --fresh-vae")
     if args.threads:
         torch.set_num_threads(args.threads)
     log_lines = []
@@ -202,17 +275,24 @@ def main(argv=None):
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
-    pixels, captions = render_pool(shapes.TRAIN_SEEDS[args.seed * args.pool:(args.seed + 1) * args.pool])
+    seeds = shapes.TRAIN_SEEDS[args.seed * args.pool:(args.seed + 1) * args.pool]
+    pixels, captions = render_pool(seeds)
+    twin_pixels = twins(seeds, args.seed) if args.invariant_channels else None
     log(f"rendered {len(pixels)} training scenes in {time.perf_counter() - began:.0f} s")
 
-    if source:  # the VAE (and so the latent space and its scaling factor) stays exactly as it was
+    new_vae = not source or args.fresh_vae
+    if new_vae:
+        vae = train_vae(pixels, args.vae_steps, 32, 2e-3, generator, log, twin_pixels, args.invariant_channels)
+        if args.invariant_channels:
+            louder_place(vae, encode_pool(vae, pixels)[0], args.invariant_channels, log)
+    else:  # the VAE (and so the latent space and its scaling factor) stays exactly as it was
         vae = load_vae(source / "vae").float()
         vae_cfg = json.loads((source / "vae" / "config.json").read_text())
         scaling = vae_cfg["scaling_factor"]
+    if source:
         unet = load_unet(source / "unet").float().train()
         text = load_text_encoder(source / "text_encoder").float().train()
     else:
-        vae = train_vae(pixels, args.vae_steps, 32, 2e-3, generator, log)
         unet = UNet(UNetConfig.from_dict(unet_cfg))
         text = CLIPTextModel(clip_config(TEXT, vocab))
     held_out, _ = render_pool(shapes.HELD_OUT_SEEDS[:args.held_out])
@@ -220,10 +300,12 @@ def main(argv=None):
         mean, _ = vae.encode(held_out)
         vae_psnr = psnr(vae.decode(mean).clamp(-1, 1), held_out, peak=2.0)  # pixels in [-1, 1]
     means, stds = encode_pool(vae, pixels)
-    if not source:
+    if new_vae:
         scaling = round(1.0 / means.std().item(), 5)
         vae_cfg = dict(VAE, _class_name="AutoencoderKL", scaling_factor=scaling)
-    log(f"vae held-out PSNR {vae_psnr:.2f} dB; latent std {means.std().item():.4f}, scaling_factor {scaling}")
+    channel_stds = ", ".join(f"{v:.3f}" for v in means.std((0, 2, 3)).tolist())
+    log(f"vae held-out PSNR {vae_psnr:.2f} dB; latent std {means.std().item():.4f} (by channel: {channel_stds}), "
+        f"scaling_factor {scaling}")
     save_model(root / "vae", vae.half(), vae_cfg)
     vae_s = time.perf_counter() - began
 
@@ -239,7 +321,8 @@ def main(argv=None):
     write_json(root / "training.json", {
         "command": "python -m rtcore.export.train_shapes " + " ".join(sys.argv[1:] if argv is None else argv),
         "resumed_from": resumed_from if source else None,
-        "seed": args.seed, "pool": args.pool, "vae_steps": 0 if source else args.vae_steps,
+        "seed": args.seed, "pool": args.pool, "vae_steps": args.vae_steps if new_vae else 0,
+        "invariant_channels": args.invariant_channels,
         "unet_steps": args.unet_steps, "batch": args.batch, "lr": args.lr, "snr_gamma": args.snr_gamma,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "vae_seconds": round(vae_s),
         "total_seconds": round(total), "vae_held_out_psnr_db": round(vae_psnr, 2)})

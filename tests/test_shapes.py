@@ -152,8 +152,13 @@ def test_quality_benchmark_writes_its_report(tmp_path, capsys):
     assert len(report["edits"]) == 3 * 3 * 2  # kinds × methods × strengths
     assert [(r["guidance_scale"], r["strength"]) for r in report["colour_guidance"]] == [(3.0, 0.5), (3.0, 0.75)]
     assert set(report["layout_shift"]) == {"colour", "shape", "background"}
-    assert report["latent_change"]["colour_vs_object"] > 0 and -1 <= report["latent_change"][
-        "object_cosine_across_colours"] <= 1
+    change = report["latent_change"]
+    assert change["colour_vs_object"] > 0 and -1 <= change["object_cosine_across_colours"] <= 1
+    assert len(change["colour_change_by_channel"]) == 4 and all(v > 0 for v in change["colour_change_by_channel"])
+    colour = [r for r in report["edits"] if r["kind"] == "colour" and r["method"] == "cycle"]
+    parts = colour[0]["by_background"]
+    assert sum(v["n"] for v in parts.values()) == 2 and set(parts) <= set(shapes.BACKGROUNDS)
+    assert "by the source's background" in (tmp_path / "quality.md").read_text()
     assert {r["precision"] for r in report["drift"]} == {"bf16"}
     assert all(0 <= r["success"] <= 1 for r in report["edits"])
     assert report["vae_psnr_db"] > 25
@@ -194,10 +199,12 @@ def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
     process-wide thread count, and one thread is fastest for toy batches beside other work.)"""
     from rtcore.export import load_checkpoint
 
-    first, second = tmp_path / "a", tmp_path / "b"
+    first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     small = ["--pool", "32", "--held-out", "8", "--batch", "4", "--unet-steps", "2", "--threads", "1"]
     runs = [["--out", str(first), "--vae-steps", "2", *small],
-            ["--out", str(second), "--resume", str(first), "--lr", "1e-4", "--snr-gamma", "5", *small]]
+            ["--out", str(second), "--resume", str(first), "--lr", "1e-4", "--snr-gamma", "5", *small],
+            ["--out", str(third), "--resume", str(second), "--fresh-vae", "--invariant-channels", "2",
+             "--vae-steps", "2", *small]]
     script = f"from rtcore.export.train_shapes import main\nfor args in {runs!r}:\n    main(args)"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -209,6 +216,58 @@ def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
     log = json.loads((second / "training.json").read_text())
     assert log["vae_steps"] == 0 and log["resumed_from"]["vae_steps"] == 2 and log["lr"] == 1e-4
     assert log["snr_gamma"] == 5 and log["resumed_from"]["snr_gamma"] is None
+    # --fresh-vae: a new VAE (its place channels trained on twins) under the resumed UNet, the tokenizer kept
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    assert (third / vae).read_bytes() != (second / vae).read_bytes()
+    assert (third / "tokenizer/vocab.json").read_bytes() == (second / "tokenizer/vocab.json").read_bytes()
+    log = json.loads((third / "training.json").read_text())
+    assert log["vae_steps"] == 2 and log["invariant_channels"] == 2 and log["resumed_from"]["vae_steps"] == 0
+    assert tuple(load_checkpoint(third).vae.config.block_out_channels) == (16, 32, 64)
+
+
+def test_trainer_rejects_invariant_channels_without_a_fresh_vae(capsys):
+    from rtcore.export.train_shapes import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--resume", "rtcore-shapes", "--invariant-channels", "2"])
+    assert "add --fresh-vae" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--invariant-channels", "4"])
+    assert "--invariant-channels must be in [0, 4)" in capsys.readouterr().err
+
+
+def test_twins_keep_the_object_and_change_its_colour():
+    from rtcore.export.train_shapes import twins
+
+    seeds = shapes.TRAIN_SEEDS[:16]
+    originals, twin = shapes.pixels([shapes.scene(k) for k in seeds]), twins(seeds, 0)
+    for k, seed in enumerate(seeds):
+        rgb = ((twin[k].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        reading, truth = shapes.read(rgb), shapes.scene(seed)
+        assert reading.colour != truth.colour
+        assert shapes.iou(reading.mask, shapes.render(truth)[1] > 0.5) > 0.9
+    assert not torch.equal(originals, twin)
+
+
+def test_louder_place_rescales_the_latent_and_decodes_the_same():
+    """The rescaling is an exact reparametrisation: the decoder sees the same input, the place channels come out
+    PLACE_GAIN times as loud as the colour channels, and every channel is centred."""
+    from rtcore.export.train_shapes import PLACE_GAIN, VAE, encode_pool, louder_place
+    from rtcore.export.vae import AutoencoderKL, VAEConfig
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(VAEConfig.from_dict(dict(VAE, _class_name="AutoencoderKL"))).eval()
+    pixels = shapes.pixels(shapes.held_out(8))
+    with torch.no_grad():
+        before = vae.decode(vae.encode(pixels)[0])
+        louder_place(vae, encode_pool(vae, pixels)[0], 2, log=lambda line: None)
+        mean, _ = vae.encode(pixels)
+        after = vae.decode(mean)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+    stds = mean.std((0, 2, 3))
+    torch.testing.assert_close(stds[:2], torch.full((2,), PLACE_GAIN * stds[2:].mean().item()), rtol=1e-4, atol=0)
+    torch.testing.assert_close(stds[2], stds[3], rtol=1e-4, atol=0)
+    torch.testing.assert_close(mean.mean((0, 2, 3)), torch.zeros(4), atol=1e-4 * stds.max().item(), rtol=0)
 
 
 def test_min_snr_weight_keeps_noisy_timesteps_and_damps_clean_ones():
