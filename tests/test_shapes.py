@@ -263,7 +263,7 @@ def test_louder_place_rescales_the_latent_and_decodes_the_same():
         louder_place(vae, encode_pool(vae, pixels)[0], 2, log=lambda line: None)
         mean, _ = vae.encode(pixels)
         after = vae.decode(mean)
-    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)  # fp32 rounding through the decoder
     stds = mean.std((0, 2, 3))
     torch.testing.assert_close(stds[:2], torch.full((2,), PLACE_GAIN * stds[2:].mean().item()), rtol=1e-4, atol=0)
     torch.testing.assert_close(stds[2], stds[3], rtol=1e-4, atol=0)
