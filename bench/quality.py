@@ -82,10 +82,13 @@ def summarize(rows):
     return out
 
 
-def by_background(rows, scenes):
-    """``summarize`` of the rows of each source background: the colour-edit frontier differs by background."""
-    return {bg: summarize([r for r, s in zip(rows, scenes) if s.background == bg])
-            for bg in shapes.BACKGROUNDS if any(s.background == bg for s in scenes)}
+def score(scenes, targets, kind, edited):
+    """``summarize`` of the judged edits, with the same split by the source's background (``by_background``):
+    the colour-edit frontier differs by background."""
+    rows = [judge(s, t, kind, e) for s, t, e in zip(scenes, targets, edited)]
+    return {**summarize(rows),
+            "by_background": {bg: summarize([r for r, s in zip(rows, scenes) if s.background == bg])
+                              for bg in shapes.BACKGROUNDS if any(s.background == bg for s in scenes)}}
 
 
 def run_edits(cycle, sd, method, scenes, targets, strength, steps, guidance, seed):
@@ -150,15 +153,14 @@ def latent_change(cycle, scenes):
         return [float(v) for v in moved.pow(2).mean(1) / z.transpose(0, 1).flatten(1).var(1)]
 
     z = latents(scenes)
-    empty = latents(scenes, objects=False).flatten(1)
     recoloured = latents(edit_targets(scenes, "colour"))
-    reshaped = latents(edit_targets(scenes, "shape")).flatten(1)
-    flat = z.flatten(1)
+    flat, empty = z.flatten(1), latents(scenes, objects=False).flatten(1)
+    recoloured_flat, reshaped = recoloured.flatten(1), latents(edit_targets(scenes, "shape")).flatten(1)
     obj = (flat - empty).norm(dim=1)
-    return {"colour_vs_object": float(((recoloured.flatten(1) - flat).norm(dim=1) / obj).mean()),
+    return {"colour_vs_object": float(((recoloured_flat - flat).norm(dim=1) / obj).mean()),
             "shape_vs_object": float(((reshaped - flat).norm(dim=1) / obj).mean()),
             "object_cosine_across_colours": float(torch.nn.functional.cosine_similarity(
-                flat - empty, recoloured.flatten(1) - empty).mean()),
+                flat - empty, recoloured_flat - empty).mean()),
             "colour_change_by_channel": by_channel(recoloured),
             "background_change_by_channel": by_channel(latents(edit_targets(scenes, "background")))}
 
@@ -227,12 +229,10 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_gu
             for strength in strengths:
                 start = time.perf_counter()
                 edited = run_edits(cycle, sd, method, scenes, targets, strength, steps, guidance, seed)
-                rows = [judge(s, t, kind, e) for s, t, e in zip(scenes, targets, edited)]
-                scores = summarize(rows)
+                scores = score(scenes, targets, kind, edited)
                 if method == "cycle" and strength == middle:
                     reference[kind] = edited, scores
                 report["edits"].append({"kind": kind, "method": method, "strength": strength, **scores,
-                                        "by_background": by_background(rows, scenes),
                                         "seconds": time.perf_counter() - start})
                 log(f"{kind:<10} {method:<10} strength {strength:.2f}: success {scores['success']:.0%}  "
                     f"kept {scores['kept']:.0%}  PSNR kept {scores['psnr_kept'] or float('nan'):.1f} dB  "
@@ -243,10 +243,8 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_gu
     for g in colour_guidance:
         for strength in strengths:
             edited = run_edits(cycle, sd, "cycle", scenes, targets, strength, steps, g, seed)
-            rows = [judge(s, t, "colour", e) for s, t, e in zip(scenes, targets, edited)]
-            report["colour_guidance"].append({"guidance_scale": g, "strength": strength, **summarize(rows),
-                                              "by_background": by_background(rows, scenes)})
-            scores = report["colour_guidance"][-1]
+            scores = score(scenes, targets, "colour", edited)
+            report["colour_guidance"].append({"guidance_scale": g, "strength": strength, **scores})
             log(f"colour cycle guidance {g:g} strength {strength:.2f}: success {scores['success']:.0%}  "
                 f"IoU {scores['iou']:.2f}  shift {scores['shift'] or float('nan'):.1f} px")
     for variant in precisions:
@@ -260,7 +258,7 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_gu
         for kind in KINDS:
             targets = edit_targets(scenes, kind)
             edited = run_edits(v_cycle, v_sd, "cycle", scenes, targets, middle, steps, guidance, seed)
-            ours = summarize([judge(s, t, kind, e) for s, t, e in zip(scenes, targets, edited)])
+            ours = score(scenes, targets, kind, edited)
             fp32, fp32_scores = reference[kind]
             row = {"precision": variant, "kind": kind, "strength": middle,
                    "psnr_vs_fp32_db": float(np.mean([psnr(a / 255.0, b / 255.0) for a, b in zip(edited, fp32)])),

@@ -111,12 +111,16 @@ def _background(s: Scene, size=SIZE):
     return (1 - t) * np.asarray(c0, np.float32) + t * np.asarray(c1, np.float32)
 
 
+def _uint8(image):
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
 def render(s: Scene):
     """(image uint8 (64, 64, 3), object coverage float (64, 64)) of a scene."""
     coverage = shape_mask(s.shape, s.cx, s.cy, s.radius, s.angle)
     a = coverage[..., None]
     image = (1 - a) * _background(s) + a * np.asarray(s.tint, np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), coverage
+    return _uint8(image), coverage
 
 
 def image(s: Scene) -> PIL.Image.Image:
@@ -128,8 +132,7 @@ def pixels(scenes, objects=True):
     backgrounds alone)."""
     import torch
 
-    images = np.stack([render(s)[0] if objects else np.clip(np.rint(_background(s)), 0, 255).astype(np.uint8)
-                       for s in scenes])
+    images = np.stack([render(s)[0] if objects else _uint8(_background(s)) for s in scenes])
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
