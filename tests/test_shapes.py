@@ -202,7 +202,8 @@ def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
     first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     small = ["--pool", "32", "--held-out", "8", "--batch", "4", "--unet-steps", "2", "--threads", "1"]
     runs = [["--out", str(first), "--vae-steps", "2", *small],
-            ["--out", str(second), "--resume", str(first), "--lr", "1e-4", "--snr-gamma", "5", *small],
+            ["--out", str(second), "--resume", str(first), "--lr", "1e-4", "--snr-gamma", "5", "--gradient-weight", "3",
+             *small],
             ["--out", str(third), "--resume", str(second), "--fresh-vae", "--invariant-channels", "2",
              "--vae-steps", "2", *small]]
     script = f"from rtcore.export.train_shapes import main\nfor args in {runs!r}:\n    main(args)"
@@ -216,6 +217,7 @@ def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
     log = json.loads((second / "training.json").read_text())
     assert log["vae_steps"] == 0 and log["resumed_from"]["vae_steps"] == 2 and log["lr"] == 1e-4
     assert log["snr_gamma"] == 5 and log["resumed_from"]["snr_gamma"] is None
+    assert log["gradient_weight"] == 3 and log["resumed_from"]["gradient_weight"] == 1
     # --fresh-vae: a new VAE (its place channels trained on twins) under the resumed UNet, the tokenizer kept
     vae = "vae/diffusion_pytorch_model.safetensors"
     assert (third / vae).read_bytes() != (second / vae).read_bytes()
@@ -234,6 +236,29 @@ def test_trainer_rejects_invariant_channels_without_a_fresh_vae(capsys):
     with pytest.raises(SystemExit):
         main(["--out", "unused", "--invariant-channels", "4"])
     assert "--invariant-channels must be in [0, 4)" in capsys.readouterr().err
+
+
+def test_trainer_rejects_a_non_positive_gradient_weight(capsys):
+    from rtcore.export.train_shapes import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--gradient-weight", "0"])
+    assert "--gradient-weight must be > 0, got 0.0" in capsys.readouterr().err
+
+
+def test_sampling_weights_favour_gradient_scenes():
+    """--gradient-weight 3 draws a gradient scene three times as often as a white or black one: with the pool's
+    thirds, three fifths of a batch."""
+    from rtcore.export.train_shapes import sampling_weights
+
+    scenes = [shapes.scene(k) for k in shapes.TRAIN_SEEDS[:3000]]
+    weights = sampling_weights([s.caption for s in scenes], 3.0)
+    gradient = torch.tensor([s.background == "gradient" for s in scenes])
+    assert torch.all(weights[gradient] == 3) and torch.all(weights[~gradient] == 1)
+    picks = torch.multinomial(weights, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    share = gradient[picks].float().mean().item()
+    expected = 3 * gradient.sum().item() / weights.sum().item()
+    assert abs(share - expected) < 0.015 and abs(expected - 0.6) < 0.03
 
 
 def test_twins_keep_the_object_and_change_its_colour():
