@@ -17,7 +17,8 @@ and guidance). The same model, seed and steps for all.
 
 Also measured: the VAE's reconstruction PSNR, text-to-image (does a generated image read as its prompt's colour
 and shape), CycleDiffusion colour edits at more guidance scales (the success-against-IoU frontier), how far a
-one-word prompt change moves the object from the same noise (``layout_shift``), and precision drift: the same
+one-word prompt change moves the object from the same noise (``layout_shift``), the UNet's noise-prediction error
+and colour conditioning by background (``denoising_by_background``), and precision drift: the same
 CycleDiffusion edits in bf16 (and OpenVINO bf16/int8 when installed) against fp32, as PSNR of the edited images and
 the change in success rate.
 
@@ -165,6 +166,47 @@ def latent_change(cycle, scenes):
             "background_change_by_channel": by_channel(latents(edit_targets(scenes, "background")))}
 
 
+DIAGNOSTIC_TIMESTEPS = (150, 300, 450, 600, 800)
+
+
+def denoising_by_background(cycle, scenes, seed, timesteps=DIAGNOSTIC_TIMESTEPS):
+    """What the UNet makes of each background, at fixed timesteps: its ε-prediction error (mean squared) on the
+    scenes' own latents (posterior mean, scaled) noised with seeded noise and their own captions, and its colour
+    conditioning, the RMS change in its prediction when the caption's colour word is changed (to the colour edit's
+    target). A colour edit changes only what the model is told; where the conditioning is weak against what the
+    model must read from the latent itself, the edit keeps the old colour."""
+    from rtcore.prompts import encode_prompts
+    from rtcore.schedule import alphas_cumprod
+
+    eng = cycle.engines
+    captions = [s.caption for s in scenes]
+    recoloured = [t.caption for t in edit_targets(scenes, "colour")]
+    acp = torch.from_numpy(alphas_cumprod(eng.scheduler)).float()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        mean, _ = eng.vae_encode(shapes.pixels(scenes).to(eng.device, eng.dtype))
+        z0 = mean.float().cpu() * eng.scaling_factor
+        embeds = encode_prompts(eng, captions + recoloured)
+        own = torch.stack([embeds[c] for c in captions])
+        other = torch.stack([embeds[c] for c in recoloured])
+        error, conditioning = [], []
+        for t in timesteps:
+            noise = torch.randn(z0.shape, generator=generator)
+            zt = (acp[t].sqrt() * z0 + (1 - acp[t]).sqrt() * noise).to(eng.device, eng.dtype)
+            step = torch.tensor([t], device=eng.device)
+            predicted = eng.unet(zt, step, own).float().cpu()
+            told_other = eng.unet(zt, step, other).float().cpu()
+            error.append((predicted - noise).pow(2).mean((1, 2, 3)))
+            conditioning.append((told_other - predicted).pow(2).mean((1, 2, 3)).sqrt())
+    out = {"timesteps": list(timesteps)}
+    for background in shapes.BACKGROUNDS:
+        pick = torch.tensor([s.background == background for s in scenes])
+        if pick.any():
+            out[background] = {"n": int(pick.sum()), "error": [float(e[pick].mean()) for e in error],
+                               "colour_conditioning": [float(c[pick].mean()) for c in conditioning]}
+    return out
+
+
 def layout_shift(before, after):
     """How far the object moves when one word of the prompt changes and nothing else does: ``before``/``after`` are
     the readings (:func:`generate`, same seed) of captions and of the same captions with one word changed; returns
@@ -221,6 +263,10 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_gu
     log("latent distance of a colour change / of removing the object: "
         f"{report['latent_change']['colour_vs_object']:.2f} (shape change: "
         f"{report['latent_change']['shape_vs_object']:.2f})")
+    report["denoising_by_background"] = denoising_by_background(cycle, scenes, seed)
+    log("UNet ε error / colour conditioning at t = 300, by background: " + ", ".join(
+        f"{bg} {v['error'][1]:.4f} / {v['colour_conditioning'][1]:.3f}"
+        for bg, v in report["denoising_by_background"].items() if bg != "timesteps"))
     reference = {}  # kind → fp32 CycleDiffusion images and scores at the middle strength: the drift baseline
     middle = strengths[len(strengths) // 2]
     for kind in KINDS:
@@ -317,6 +363,16 @@ def markdown(report):
             cells = [f"{v['success']:.0%} / {f(v['iou'], '.2f')} ({v['n']})" for v in r["by_background"].values()]
             lines.append(f"| {r.get('guidance_scale', report['guidance_scale']):g} | {r['strength']:.2f} | "
                          + " | ".join(cells) + " |")
+    denoising = report.get("denoising_by_background")
+    if denoising:
+        parts = {bg: v for bg, v in denoising.items() if bg != "timesteps"}
+        lines += ["", "The UNet by background: ε-prediction error (mean squared) on the scenes' own captions / colour "
+                  "conditioning (RMS change of the prediction when the colour word changes), at timestep t.", "",
+                  "| t | " + " | ".join(f"{bg} ({v['n']})" for bg, v in parts.items()) + " |",
+                  "|---|" + "---|" * len(parts)]
+        for k, t in enumerate(denoising["timesteps"]):
+            lines.append(f"| {t} | " + " | ".join(f"{v['error'][k]:.4f} / {v['colour_conditioning'][k]:.3f}"
+                                                  for v in parts.values()) + " |")
     if report["drift"]:
         lines += ["", "| precision | edit | PSNR vs fp32 (dB) | max abs (of 255) | success | success fp32 |",
                   "|---|---|---|---|---|---|"]
