@@ -173,8 +173,8 @@ def denoising_by_background(cycle, scenes, seed, timesteps=DIAGNOSTIC_TIMESTEPS)
     """What the UNet makes of each background, at fixed timesteps: its ε-prediction error (mean squared) on the
     scenes' own latents (posterior mean, scaled) noised with seeded noise and their own captions, and its colour
     conditioning, the RMS change in its prediction when the caption's colour word is changed (to the colour edit's
-    target). A colour edit changes only what the model is told; where the conditioning is weak against what the
-    model must read from the latent itself, the edit keeps the old colour."""
+    target). A colour edit changes only what the model is told, so the conditioning is how hard an edit can pull
+    the colour, and the error how well the model reads each background from its latent."""
     from rtcore.prompts import encode_prompts
     from rtcore.schedule import alphas_cumprod
 

@@ -266,8 +266,8 @@ def main(argv=None):
         parser.error("--fresh-vae goes with --resume (without --resume the VAE is always trained)")
     if args.invariant_channels and args.resume and not args.fresh_vae:
         parser.error("--invariant-channels trains a VAE: with --resume, add --fresh-vae")
-    if not args.gradient_weight > 0:
-        parser.error(f"--gradient-weight must be > 0, got {args.gradient_weight}")
+    if not (args.gradient_weight > 0 and math.isfinite(args.gradient_weight)):
+        parser.error(f"--gradient-weight must be a finite number > 0, got {args.gradient_weight}")
     if args.threads:
         torch.set_num_threads(args.threads)
     log_lines = []

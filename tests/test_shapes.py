@@ -257,9 +257,10 @@ def test_trainer_rejects_invariant_channels_without_a_fresh_vae(capsys):
 def test_trainer_rejects_a_non_positive_gradient_weight(capsys):
     from rtcore.export.train_shapes import main
 
-    with pytest.raises(SystemExit):
-        main(["--out", "unused", "--gradient-weight", "0"])
-    assert "--gradient-weight must be > 0, got 0.0" in capsys.readouterr().err
+    for bad in ("0", "-1", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            main(["--out", "unused", "--gradient-weight", bad])
+        assert "--gradient-weight must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_sampling_weights_favour_gradient_scenes():
