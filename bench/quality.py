@@ -133,6 +133,14 @@ def text_to_image(readings, scenes):
             "background": float(np.mean([r.background == s.background for r, s in zip(readings, scenes)]))}
 
 
+def scene_latents(eng, scenes, objects=True):
+    """The scaled VAE latents (posterior mean, fp32, on the CPU) of ``scenes`` (their backgrounds alone when
+    ``objects`` is False): what the UNet sees of them before noise."""
+    with torch.inference_mode():
+        mean, _ = eng.vae_encode(shapes.pixels(scenes, objects).to(eng.device, eng.dtype))
+    return mean.float().cpu() * eng.scaling_factor
+
+
 def latent_change(cycle, scenes):
     """How much of an object's VAE latent each attribute is: the latent distance (scaled latents, posterior mean)
     from a scene to the same scene with its colour (or shape) changed, relative to the distance to the scene without
@@ -144,26 +152,21 @@ def latent_change(cycle, scenes):
     out of the VAE's training distribution, so the by-channel figures are the ones to read for such a VAE."""
     eng = cycle.engines
 
-    def latents(batch, objects=True):
-        with torch.inference_mode():
-            mean, _ = eng.vae_encode(shapes.pixels(batch, objects).to(eng.device, eng.dtype))
-        return (mean.float() * eng.scaling_factor).cpu()
-
     def by_channel(changed):
         moved = (changed - z).transpose(0, 1).flatten(1)
         return [float(v) for v in moved.pow(2).mean(1) / z.transpose(0, 1).flatten(1).var(1)]
 
-    z = latents(scenes)
-    recoloured = latents(edit_targets(scenes, "colour"))
-    flat, empty = z.flatten(1), latents(scenes, objects=False).flatten(1)
-    recoloured_flat, reshaped = recoloured.flatten(1), latents(edit_targets(scenes, "shape")).flatten(1)
+    z = scene_latents(eng, scenes)
+    recoloured = scene_latents(eng, edit_targets(scenes, "colour"))
+    flat, empty = z.flatten(1), scene_latents(eng, scenes, objects=False).flatten(1)
+    recoloured_flat, reshaped = recoloured.flatten(1), scene_latents(eng, edit_targets(scenes, "shape")).flatten(1)
     obj = (flat - empty).norm(dim=1)
     return {"colour_vs_object": float(((recoloured_flat - flat).norm(dim=1) / obj).mean()),
             "shape_vs_object": float(((reshaped - flat).norm(dim=1) / obj).mean()),
             "object_cosine_across_colours": float(torch.nn.functional.cosine_similarity(
                 flat - empty, recoloured_flat - empty).mean()),
             "colour_change_by_channel": by_channel(recoloured),
-            "background_change_by_channel": by_channel(latents(edit_targets(scenes, "background")))}
+            "background_change_by_channel": by_channel(scene_latents(eng, edit_targets(scenes, "background")))}
 
 
 DIAGNOSTIC_TIMESTEPS = (150, 300, 450, 600, 800)
@@ -183,9 +186,8 @@ def denoising_by_background(cycle, scenes, seed, timesteps=DIAGNOSTIC_TIMESTEPS)
     recoloured = [t.caption for t in edit_targets(scenes, "colour")]
     acp = torch.from_numpy(alphas_cumprod(eng.scheduler)).float()
     generator = torch.Generator().manual_seed(seed)
+    z0 = scene_latents(eng, scenes)
     with torch.inference_mode():
-        mean, _ = eng.vae_encode(shapes.pixels(scenes).to(eng.device, eng.dtype))
-        z0 = mean.float().cpu() * eng.scaling_factor
         embeds = encode_prompts(eng, captions + recoloured)
         own = torch.stack([embeds[c] for c in captions])
         other = torch.stack([embeds[c] for c in recoloured])

@@ -328,9 +328,10 @@ def main(argv=None):
     save_model(root / "vae", vae.half(), vae_cfg)
     vae_s = time.perf_counter() - began
 
+    # weight 1 draws uniformly with randint, as before the option existed: earlier commands give the same weights
+    weights = None if args.gradient_weight == 1 else sampling_weights(captions, args.gradient_weight)
     unet, text = train_unet(unet, text, means, stds, captions, tokenizer, scaling, args.unet_steps, args.batch,
-                            args.lr, generator, log, args.snr_gamma,
-                            None if args.gradient_weight == 1 else sampling_weights(captions, args.gradient_weight))
+                            args.lr, generator, log, args.snr_gamma, weights)
     save_model(root / "unet", unet.half(), unet_cfg)
     # stored in fp16 like the rest, loaded in fp32: transformers would otherwise keep the stored dtype
     text_cfg = dict(text_cfg or clip_config(TEXT, vocab).to_dict(), dtype="float32")
