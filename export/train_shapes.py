@@ -4,26 +4,29 @@
     python -m rtcore.export.train_shapes --out shapes-model      # about 55 minutes on 2 cores of an EPYC Zen 4
     python -m rtcore.export.train_shapes --out v2 --resume shapes-model --unet-steps 4000 --lr 5e-4
     python -m rtcore.export.train_shapes --out v3 --resume v2 --unet-steps 7000 --lr 5e-4 --snr-gamma 5
+    python -m rtcore.export.train_shapes --out v6vae --resume v3 --fresh-vae --colour-contrast 0.01 \
+        --vae-steps 2500 --unet-steps 0                           # 13 min: a new VAE (the UNet is not yet adapted)
+    python -m rtcore.export.train_shapes --out v6 --resume v6vae --unet-steps 10000 --lr 1e-3 --snr-gamma 5  # 68.5 min
 
-``--resume`` keeps a checkpoint's VAE and tokenizer as they are and trains its UNet and text encoder further, with
-a fresh warm-up and cosine schedule; with ``--fresh-vae`` it trains a new VAE first and adapts the resumed UNet and
-text encoder to its latents. ``--invariant-channels K`` trains the VAE's first K latent channels to hold the
-object's place alone: each scene is paired with its twin (the same object recoloured, on another background) and
-the two must encode alike there; the place channels are then made louder than the colour channels (exactly, by
-rescaling the encoder's output and the decoder's input), so a colour edit's noisy latent keeps the object where it
-was after its colour is drowned. Its training.json records every run a checkpoint came from. Tried on
-2026-11-30 (``--resume rtcore-shapes --fresh-vae --invariant-channels 2 --vae-steps 3000 --unet-steps 10000
---lr 1e-3 --snr-gamma 5``, 83 min): the place channels held (a colour edit moves them by 1-2% of their variance),
-the VAE and text-to-image improved, but colour edits kept the object's place worse, so it was not shipped
-(docs/QUALITY.md). ``--gradient-weight W`` draws gradient-background scenes W times as often in the UNet stage;
-tried the same day (``--resume rtcore-shapes --seed 1 --gradient-weight 3 --unet-steps 6000 --lr 5e-4
---snr-gamma 5``, 43 min): the UNet's error on gradient scenes fell by a tenth and colour edits there did not
-change, so it was not shipped either.
+The last two made the shipped model (docs/QUALITY.md). ``--resume`` keeps a checkpoint's VAE and tokenizer as
+they are and trains its UNet and text encoder further, with a fresh warm-up and cosine schedule; with
+``--fresh-vae`` it trains a new VAE first and adapts the resumed UNet and text encoder to its latents.
+``--colour-contrast W`` trains that VAE so that recolouring an object moves its latent less than removing the
+object does: each scene comes with itself recoloured and its background alone, and the per-scene ratio of the two
+squared latent distances is penalised above CONTRAST_TARGET. Without it, recolouring an object on a grey
+background moved the latent three times as far as on white or black (further than removing the object), so a
+colour edit's noisy latent still showed the old colour where the prompt named a new one, and colour edits on grey
+did not take. ``--invariant-channels K`` trains
+the VAE's first K latent channels to hold the object's place alone (each scene paired with its twin, the same
+object recoloured on another background, the two encoded alike there; the place channels are then made louder by
+an exact rescaling); ``--gradient-weight W`` draws gradient-background scenes W times as often in the UNet stage.
+Both were tried on 2026-11-30 and not shipped (docs/QUALITY.md). Its training.json records every run a checkpoint
+came from.
 
 Two stages, seeded (the same command gives the same weights on the same torch build and thread count):
 1. an AutoencoderKL (SD layout, 3 levels: 64×64×3 pixels ↔ 16×16×4 latents) on MSE + L1 + a small KL term
-   (+ the twin term of ``--invariant-channels``); its scaling factor is 1 / std of the latents it then produces,
-   as SD's 0.18215 was chosen;
+   (+ the term of ``--colour-contrast`` or ``--invariant-channels``); its scaling factor is 1 / std of the latents
+   it then produces, as SD's 0.18215 was chosen;
 2. a UNet2DConditionModel (cross-attention at 16² and 8²) and a small CLIP text encoder, together, on
    ε-prediction with SD's scaled-linear β schedule, the caption dropped to "" 10% of the time so classifier-free
    guidance works; the weights written are an exponential moving average.
@@ -67,6 +70,8 @@ UNET = dict(block_out_channels=[32, 64, 128], layers_per_block=1, attention_head
 INVARIANCE_WEIGHT = 0.03
 # and then the place channels are made this many times louder than the colour channels (louder_place)
 PLACE_GAIN = 2.0
+# --colour-contrast: the per-scene contrast (colour_contrast) is penalised above this, about white and black's
+CONTRAST_TARGET = 0.5
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=77, projection_dim=64, hidden_act="quick_gelu")
 
@@ -95,17 +100,40 @@ def twins(seeds, seed):
     return shapes.pixels(out)
 
 
-def train_vae(pixels, steps, batch, lr, generator, log, twin_pixels=None, invariant=0):
+def colour_pairs(seeds, seed):
+    """For each scene of ``seeds``: the same object recoloured (same place, same background), and the background
+    alone: what ``--colour-contrast`` compares the scene's latent with."""
+    rng = np.random.default_rng(seed)
+    scenes = [shapes.scene(k) for k in seeds]
+    recoloured = [shapes.with_attribute(s, "colour", str(rng.choice([c for c in shapes.COLOURS if c != s.colour])))
+                  for s in scenes]
+    return shapes.pixels(recoloured), shapes.pixels(scenes, objects=False)
+
+
+def colour_contrast(scene, recoloured, background):
+    """Per scene, how far recolouring its object moves its latent, next to how far removing the object does
+    (squared distances of the posterior means). The first shipped VAE, trained without ``--colour-contrast``, had
+    about 0.7 on white and black backgrounds, where its colour edits took in place, and 1.7 on grey ones, where they
+    did not (docs/QUALITY.md)."""
+    scene, recoloured, background = (z.flatten(1) for z in (scene, recoloured, background))
+    return (scene - recoloured).pow(2).sum(1) / (scene - background).pow(2).sum(1).clamp_min(1e-6)
+
+
+def train_vae(pixels, steps, batch, lr, generator, log, twin_pixels=None, invariant=0, pairs=None,
+              contrast_weight=0.0):
     vae = AutoencoderKL(VAEConfig.from_dict(dict(VAE, _class_name="AutoencoderKL")))
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     start = time.perf_counter()
-    half = batch // 2
+    half, third = batch // 2, batch // 3
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr)
         if invariant:  # half the batch, and the same scenes' twins
             pick = torch.randint(len(pixels), (half,), generator=generator)
             x = torch.cat([pixels[pick], twin_pixels[pick]])
+        elif contrast_weight:  # a third of the batch, the same scenes recoloured, and their backgrounds alone
+            pick = torch.randint(len(pairs[0]), (third,), generator=generator)
+            x = torch.cat([pixels[pick], pairs[0][pick], pairs[1][pick]])
         else:
             x = pixels[torch.randint(len(pixels), (batch,), generator=generator)]
         # bf16 autocast: 1.3-2x faster on avx512_bf16 CPUs; the loss and the optimizer stay fp32
@@ -115,7 +143,12 @@ def train_vae(pixels, steps, batch, lr, generator, log, twin_pixels=None, invari
             y = vae.decode(z).float()
         kl = 0.5 * (mean.float().pow(2) + std.float().pow(2) - 1 - 2 * std.float().clamp_min(1e-8).log()).mean()
         loss = F.mse_loss(y, x) + 0.1 * F.l1_loss(y, x) + 1e-5 * kl
-        spread = torch.zeros(())
+        spread = contrast = torch.zeros(())
+        if contrast_weight:
+            per_scene = colour_contrast(*mean.float().split(third))
+            # only above white and black's level: lower would hide the colour from the UNet at every noise level
+            loss = loss + contrast_weight * (per_scene - CONTRAST_TARGET).clamp_min(0).mean()
+            contrast = per_scene.mean()
         if invariant:
             place = mean.float()[:, :invariant]
             # what tells a scene from its twin, as a fraction of the channels' variance: shrinking them gains nothing
@@ -126,7 +159,8 @@ def train_vae(pixels, steps, batch, lr, generator, log, twin_pixels=None, invari
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"vae  step {step:5d}/{steps}  loss {loss.item():.5f}  kl {kl.item():.2f}  "
-                f"twin spread {spread.item():.4f}  {time.perf_counter() - start:7.0f} s")
+                f"twin spread {spread.item():.4f}  colour contrast {contrast.item():.3f}  "
+                f"{time.perf_counter() - start:7.0f} s")
     return vae.eval()
 
 
@@ -252,6 +286,11 @@ def main(argv=None):
                         help="train the VAE's first K latent channels to hold the object's place alone: a scene and "
                              "its twin (the same object recoloured, on another background) must encode alike there, "
                              "so an edit's noisy latent keeps the place while the prompt redraws the colour")
+    parser.add_argument("--colour-contrast", type=float, default=0.0,
+                        help="train the VAE so that recolouring an object moves its latent little next to removing "
+                             "it: the per-scene ratio of those squared distances is added to its loss with this "
+                             "weight (default 0: off), so a colour edit's noisy latent holds the object more than "
+                             "its colour")
     parser.add_argument("--gradient-weight", type=float, default=1.0,
                         help="draw gradient-background scenes this many times as often as white or black ones in "
                              "the UNet stage (default 1: as the pool has them, a third)")
@@ -266,6 +305,12 @@ def main(argv=None):
         parser.error("--fresh-vae goes with --resume (without --resume the VAE is always trained)")
     if args.invariant_channels and args.resume and not args.fresh_vae:
         parser.error("--invariant-channels trains a VAE: with --resume, add --fresh-vae")
+    if not (args.colour_contrast >= 0 and math.isfinite(args.colour_contrast)):
+        parser.error(f"--colour-contrast must be a finite number >= 0, got {args.colour_contrast}")
+    if args.colour_contrast and args.invariant_channels:
+        parser.error("--colour-contrast and --invariant-channels are two ways to train the VAE: choose one")
+    if args.colour_contrast and args.resume and not args.fresh_vae:
+        parser.error("--colour-contrast trains a VAE: with --resume, add --fresh-vae")
     if not (args.gradient_weight > 0 and math.isfinite(args.gradient_weight)):
         parser.error(f"--gradient-weight must be a finite number > 0, got {args.gradient_weight}")
     if args.threads:
@@ -297,11 +342,13 @@ def main(argv=None):
     seeds = shapes.TRAIN_SEEDS[args.seed * args.pool:(args.seed + 1) * args.pool]
     pixels, captions = render_pool(seeds)
     twin_pixels = twins(seeds, args.seed) if args.invariant_channels else None
+    pairs = colour_pairs(seeds, args.seed) if args.colour_contrast else None
     log(f"rendered {len(pixels)} training scenes in {time.perf_counter() - began:.0f} s")
 
     new_vae = not source or args.fresh_vae
     if new_vae:
-        vae = train_vae(pixels, args.vae_steps, 32, 2e-3, generator, log, twin_pixels, args.invariant_channels)
+        vae = train_vae(pixels, args.vae_steps, 32, 2e-3, generator, log, twin_pixels, args.invariant_channels,
+                        pairs, args.colour_contrast)
         if args.invariant_channels:
             louder_place(vae, encode_pool(vae, pixels)[0], args.invariant_channels, log)
     else:  # the VAE (and so the latent space and its scaling factor) stays exactly as it was
@@ -343,7 +390,7 @@ def main(argv=None):
         "command": "python -m rtcore.export.train_shapes " + " ".join(sys.argv[1:] if argv is None else argv),
         "resumed_from": resumed_from if source else None,
         "seed": args.seed, "pool": args.pool, "vae_steps": args.vae_steps if new_vae else 0,
-        "invariant_channels": args.invariant_channels,
+        "invariant_channels": args.invariant_channels, "colour_contrast": args.colour_contrast,
         "unet_steps": args.unet_steps, "batch": args.batch, "lr": args.lr, "snr_gamma": args.snr_gamma,
         "gradient_weight": args.gradient_weight,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "vae_seconds": round(vae_s),

@@ -154,6 +154,8 @@ def test_quality_benchmark_writes_its_report(tmp_path, capsys):
     assert set(report["layout_shift"]) == {"colour", "shape", "background"}
     change = report["latent_change"]
     assert change["colour_vs_object"] > 0 and -1 <= change["object_cosine_across_colours"] <= 1
+    by_background = change["colour_vs_object_by_background"]
+    assert set(by_background) <= set(shapes.BACKGROUNDS) and all(v > 0 for v in by_background.values())
     assert len(change["colour_change_by_channel"]) == 4 and all(v > 0 for v in change["colour_change_by_channel"])
     colour = [r for r in report["edits"] if r["kind"] == "colour" and r["method"] == "cycle"]
     parts = colour[0]["by_background"]
@@ -215,12 +217,14 @@ def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
     process-wide thread count, and one thread is fastest for toy batches beside other work.)"""
     from rtcore.export import load_checkpoint
 
-    first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    first, second, third, fourth = tmp_path / "a", tmp_path / "b", tmp_path / "c", tmp_path / "d"
     small = ["--pool", "32", "--held-out", "8", "--batch", "4", "--unet-steps", "2", "--threads", "1"]
     runs = [["--out", str(first), "--vae-steps", "2", *small],
             ["--out", str(second), "--resume", str(first), "--lr", "1e-4", "--snr-gamma", "5", "--gradient-weight", "3",
              *small],
             ["--out", str(third), "--resume", str(second), "--fresh-vae", "--invariant-channels", "2",
+             "--vae-steps", "2", *small],
+            ["--out", str(fourth), "--resume", str(third), "--fresh-vae", "--colour-contrast", "0.01",
              "--vae-steps", "2", *small]]
     script = f"from rtcore.export.train_shapes import main\nfor args in {runs!r}:\n    main(args)"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -241,6 +245,10 @@ def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
     log = json.loads((third / "training.json").read_text())
     assert log["vae_steps"] == 2 and log["invariant_channels"] == 2 and log["resumed_from"]["vae_steps"] == 0
     assert tuple(load_checkpoint(third).vae.config.block_out_channels) == (16, 32, 64)
+    log = json.loads((fourth / "training.json").read_text())
+    assert log["colour_contrast"] == 0.01 and log["resumed_from"]["colour_contrast"] == 0
+    assert (fourth / vae).read_bytes() != (third / vae).read_bytes()
+    assert "colour contrast" in (fourth / "training.log").read_text()
 
 
 def test_trainer_rejects_invariant_channels_without_a_fresh_vae(capsys):
@@ -252,6 +260,34 @@ def test_trainer_rejects_invariant_channels_without_a_fresh_vae(capsys):
     with pytest.raises(SystemExit):
         main(["--out", "unused", "--invariant-channels", "4"])
     assert "--invariant-channels must be in [0, 4)" in capsys.readouterr().err
+
+
+def test_trainer_rejects_bad_colour_contrast(capsys):
+    from rtcore.export.train_shapes import main
+
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            main(["--out", "unused", "--colour-contrast", bad])
+        assert "--colour-contrast must be a finite number >= 0" in capsys.readouterr().err
+    for args, says in ((["--resume", "rtcore-shapes"], "add --fresh-vae"),
+                       (["--invariant-channels", "2"], "choose one")):
+        with pytest.raises(SystemExit):
+            main(["--out", "unused", "--colour-contrast", "0.01", *args])
+        assert says in capsys.readouterr().err
+
+
+def test_colour_pairs_recolour_in_place_and_remove_the_object():
+    from rtcore.export.train_shapes import colour_pairs
+
+    seeds = shapes.TRAIN_SEEDS[:16]
+    recoloured, backgrounds = colour_pairs(seeds, 0)
+    for k, seed in enumerate(seeds):
+        truth = shapes.scene(seed)
+        recolour = shapes.read(((recoloured[k].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+        alone = shapes.read(((backgrounds[k].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+        assert recolour.colour != truth.colour and recolour.background == truth.background
+        assert shapes.iou(recolour.mask, shapes.render(truth)[1] > 0.5) > 0.9
+        assert alone.mask.sum() == 0 and alone.background == truth.background
 
 
 def test_trainer_rejects_a_non_positive_gradient_weight(capsys):
