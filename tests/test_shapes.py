@@ -107,9 +107,9 @@ def test_shipped_model_edits_colour(shapes_pipe):
     edited = run_edits(shapes_pipe, StableDiffusion(shapes_pipe.engines), "cycle", scenes, targets, 0.6, 20, 5.0,
                        seed=0)
     scores = [judge(s, t, "colour", e) for s, t, e in zip(scenes, targets, edited)]
-    assert sum(s["success"] for s in scores) >= 5  # 6 of 6 on 2026-11-22; random weights get none
-    assert np.mean([s["iou"] for s in scores]) >= 0.65  # 0.77
-    assert np.mean([s["psnr_kept"] for s in scores]) >= 30  # 38 dB: the background stays
+    assert sum(s["success"] for s in scores) >= 5  # 6 of 6 on 2026-11-30; random weights get none
+    assert np.mean([s["iou"] for s in scores]) >= 0.8  # 0.88 (the model shipped before: 0.77)
+    assert np.mean([s["psnr_kept"] for s in scores]) >= 35  # 43 dB: the background stays
 
 
 def test_shipped_model_matches_diffusers(shipped, shapes_pipe):
@@ -173,8 +173,8 @@ def test_quality_benchmark_writes_its_report(tmp_path, capsys):
 
 def test_denoising_by_background_sees_the_hard_backgrounds(shapes_pipe):
     """The shipped UNet predicts the noise of gradient scenes worse than of white or black ones, at the lowest
-    diagnostic timestep (about twice the error on the benchmark's 100 scenes), and a changed colour word changes
-    its prediction on every background."""
+    diagnostic timestep (2.6 times the error on the benchmark's 100 scenes), and a changed colour word changes
+    its prediction on every background (on gradients as much as on white: docs/QUALITY.md)."""
     from rtcore.bench.quality import denoising_by_background
 
     scenes = shapes.held_out(24)
@@ -288,6 +288,26 @@ def test_colour_pairs_recolour_in_place_and_remove_the_object():
         assert recolour.colour != truth.colour and recolour.background == truth.background
         assert shapes.iou(recolour.mask, shapes.render(truth)[1] > 0.5) > 0.9
         assert alone.mask.sum() == 0 and alone.background == truth.background
+
+
+def test_shipped_vae_holds_colour_as_quietly_on_grey(shipped):
+    """What --colour-contrast trained into the shipped VAE: recolouring an object moves its latent far less than
+    removing it, on grey (gradient) backgrounds as on white and black ones (0.16 on each here). The VAE shipped
+    before it had about 0.7 on white and black and 1.7 on grey, where its colour edits did not take."""
+    from rtcore.export.checkpoint import load_vae
+    from rtcore.export.train_shapes import CONTRAST_TARGET, colour_contrast, colour_pairs
+
+    seeds = shapes.HELD_OUT_SEEDS[:60]
+    scenes = [shapes.scene(k) for k in seeds]
+    vae = load_vae(shipped / "vae").float()
+    with torch.no_grad():
+        latents = [vae.encode(x)[0] for x in (shapes.pixels(scenes), *colour_pairs(seeds, 0))]
+    contrast = colour_contrast(*latents)
+    assert torch.all(colour_contrast(latents[0], latents[0], latents[2]) == 0)
+    grey = torch.tensor([s.background == "gradient" for s in scenes])
+    for part in (grey, ~grey):
+        assert 0.02 < contrast[part].mean() < CONTRAST_TARGET  # the colour is in the latent, quieter than the object
+    assert contrast[grey].mean() < 1.5 * contrast[~grey].mean()
 
 
 def test_trainer_rejects_a_non_positive_gradient_weight(capsys):
