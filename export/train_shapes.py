@@ -70,7 +70,8 @@ UNET = dict(block_out_channels=[32, 64, 128], layers_per_block=1, attention_head
 INVARIANCE_WEIGHT = 0.03
 # and then the place channels are made this many times louder than the colour channels (louder_place)
 PLACE_GAIN = 2.0
-# --colour-contrast: the per-scene contrast (colour_contrast) is penalised above this, about white and black's
+# --colour-contrast: the per-scene contrast (colour_contrast) is penalised above this, a little under what white and
+# black scenes had (about 0.7) in the VAE shipped before, where colour edits already took in place
 CONTRAST_TARGET = 0.5
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=77, projection_dim=64, hidden_act="quick_gelu")
@@ -146,7 +147,7 @@ def train_vae(pixels, steps, batch, lr, generator, log, twin_pixels=None, invari
         spread = contrast = torch.zeros(())
         if contrast_weight:
             per_scene = colour_contrast(*mean.float().split(third))
-            # only above white and black's level: lower would hide the colour from the UNet at every noise level
+            # only above the target: pushed to 0, the colour would be hidden from the UNet at every noise level
             loss = loss + contrast_weight * (per_scene - CONTRAST_TARGET).clamp_min(0).mean()
             contrast = per_scene.mean()
         if invariant:
