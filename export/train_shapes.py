@@ -8,20 +8,18 @@
         --vae-steps 2500 --unet-steps 0                           # 13 min: a new VAE (the UNet is not yet adapted)
     python -m rtcore.export.train_shapes --out v6 --resume v6vae --unet-steps 10000 --lr 1e-3 --snr-gamma 5  # 68.5 min
 
-The last two made the shipped model (docs/QUALITY.md). ``--resume`` keeps a checkpoint's VAE and tokenizer as
-they are and trains its UNet and text encoder further, with a fresh warm-up and cosine schedule; with
-``--fresh-vae`` it trains a new VAE first and adapts the resumed UNet and text encoder to its latents.
-``--colour-contrast W`` trains that VAE so that recolouring an object moves its latent less than removing the
-object does: each scene comes with itself recoloured and its background alone, and the per-scene ratio of the two
-squared latent distances is penalised above CONTRAST_TARGET. Without it, recolouring an object on a grey
-background moved the latent three times as far as on white or black (further than removing the object), so a
-colour edit's noisy latent still showed the old colour where the prompt named a new one, and colour edits on grey
-did not take. ``--invariant-channels K`` trains
-the VAE's first K latent channels to hold the object's place alone (each scene paired with its twin, the same
-object recoloured on another background, the two encoded alike there; the place channels are then made louder by
-an exact rescaling); ``--gradient-weight W`` draws gradient-background scenes W times as often in the UNet stage.
-Both were tried on 2026-11-30 and not shipped (docs/QUALITY.md). Its training.json records every run a checkpoint
-came from.
+The last two made the shipped model (docs/QUALITY.md). ``--resume`` keeps a checkpoint's VAE and tokenizer as they
+are and trains its UNet and text encoder further, with a fresh warm-up and cosine schedule; with ``--fresh-vae`` it
+trains a new VAE first and adapts the resumed UNet and text encoder to its latents. ``--colour-contrast W`` trains
+that VAE so that recolouring an object moves its latent less than removing the object does: each scene comes with
+itself recoloured and its background alone, and the per-scene ratio of the two squared latent distances is penalised
+above CONTRAST_TARGET. Without it, recolouring an object on a grey background moved the latent three times as far as
+on white or black (further than removing the object), so a colour edit's noisy latent still showed the old colour
+where the prompt named a new one, and colour edits on grey did not take. ``--invariant-channels K`` trains the VAE's
+first K latent channels to hold the object's place alone (each scene paired with its twin, the same object
+recoloured on another background, the two encoded alike there; the place channels are then made louder by an exact
+rescaling); ``--gradient-weight W`` draws gradient-background scenes W times as often in the UNet stage. Both were
+tried on 2026-11-30 and not shipped (docs/QUALITY.md). Its training.json records every run a checkpoint came from.
 
 Two stages, seeded (the same command gives the same weights on the same torch build and thread count):
 1. an AutoencoderKL (SD layout, 3 levels: 64×64×3 pixels ↔ 16×16×4 latents) on MSE + L1 + a small KL term
@@ -50,6 +48,7 @@ import torch.nn.functional as F
 
 from rtcore import shapes
 from rtcore.bench.common import psnr
+from rtcore.bench.quality import colour_contrast
 from rtcore.prompts import tokenize
 
 from .checkpoint import load_text_encoder, load_unet, load_vae, resolve
@@ -89,14 +88,18 @@ def cosine_lr(step, steps, peak, warmup=100):
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
+def recoloured(s, rng):
+    """Scene ``s`` with its object in another colour, drawn by ``rng``."""
+    return shapes.with_attribute(s, "colour", str(rng.choice([c for c in shapes.COLOURS if c != s.colour])))
+
+
 def twins(seeds, seed):
     """The scenes of ``seeds`` with the same object in the same place, but another colour and a random
     background: what the VAE's place channels must not tell apart (``--invariant-channels``)."""
     rng = np.random.default_rng(seed)
     out = []
     for s in (shapes.scene(k) for k in seeds):
-        other = [c for c in shapes.COLOURS if c != s.colour]
-        t = shapes.with_attribute(s, "colour", str(rng.choice(other)))
+        t = recoloured(s, rng)
         out.append(shapes.with_attribute(t, "background", str(rng.choice(shapes.BACKGROUNDS))))
     return shapes.pixels(out)
 
@@ -106,18 +109,7 @@ def colour_pairs(seeds, seed):
     alone: what ``--colour-contrast`` compares the scene's latent with."""
     rng = np.random.default_rng(seed)
     scenes = [shapes.scene(k) for k in seeds]
-    recoloured = [shapes.with_attribute(s, "colour", str(rng.choice([c for c in shapes.COLOURS if c != s.colour])))
-                  for s in scenes]
-    return shapes.pixels(recoloured), shapes.pixels(scenes, objects=False)
-
-
-def colour_contrast(scene, recoloured, background):
-    """Per scene, how far recolouring its object moves its latent, next to how far removing the object does
-    (squared distances of the posterior means). The first shipped VAE, trained without ``--colour-contrast``, had
-    about 0.7 on white and black backgrounds, where its colour edits took in place, and 1.7 on grey ones, where they
-    did not (docs/QUALITY.md)."""
-    scene, recoloured, background = (z.flatten(1) for z in (scene, recoloured, background))
-    return (scene - recoloured).pow(2).sum(1) / (scene - background).pow(2).sum(1).clamp_min(1e-6)
+    return shapes.pixels([recoloured(s, rng) for s in scenes]), shapes.pixels(scenes, objects=False)
 
 
 def train_vae(pixels, steps, batch, lr, generator, log, twin_pixels=None, invariant=0, pairs=None,

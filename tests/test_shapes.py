@@ -13,6 +13,11 @@ from rtcore import shapes
 from rtcore.bench.common import psnr
 
 
+def rgb(pixels):
+    """One image of ``shapes.pixels`` (3, 64, 64) in [-1, 1] back to the uint8 (64, 64, 3) the reader takes."""
+    return ((pixels.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
 def test_scenes_are_reproducible_and_sets_disjoint():
     assert shapes.scene(7) == shapes.scene(7)
     assert shapes.scene(7) != shapes.scene(8)
@@ -283,8 +288,7 @@ def test_colour_pairs_recolour_in_place_and_remove_the_object():
     recoloured, backgrounds = colour_pairs(seeds, 0)
     for k, seed in enumerate(seeds):
         truth = shapes.scene(seed)
-        recolour = shapes.read(((recoloured[k].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
-        alone = shapes.read(((backgrounds[k].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+        recolour, alone = shapes.read(rgb(recoloured[k])), shapes.read(rgb(backgrounds[k]))
         assert recolour.colour != truth.colour and recolour.background == truth.background
         assert shapes.iou(recolour.mask, shapes.render(truth)[1] > 0.5) > 0.9
         assert alone.mask.sum() == 0 and alone.background == truth.background
@@ -294,8 +298,9 @@ def test_shipped_vae_holds_colour_as_quietly_on_grey(shipped):
     """What --colour-contrast trained into the shipped VAE: recolouring an object moves its latent far less than
     removing it, on grey (gradient) backgrounds as on white and black ones (0.16 on each here). The VAE shipped
     before it had about 0.7 on white and black and 1.7 on grey, where its colour edits did not take."""
+    from rtcore.bench.quality import colour_contrast
     from rtcore.export.checkpoint import load_vae
-    from rtcore.export.train_shapes import CONTRAST_TARGET, colour_contrast, colour_pairs
+    from rtcore.export.train_shapes import CONTRAST_TARGET, colour_pairs
 
     seeds = shapes.HELD_OUT_SEEDS[:60]
     scenes = [shapes.scene(k) for k in seeds]
@@ -340,8 +345,7 @@ def test_twins_keep_the_object_and_change_its_colour():
     seeds = shapes.TRAIN_SEEDS[:16]
     originals, twin = shapes.pixels([shapes.scene(k) for k in seeds]), twins(seeds, 0)
     for k, seed in enumerate(seeds):
-        rgb = ((twin[k].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-        reading, truth = shapes.read(rgb), shapes.scene(seed)
+        reading, truth = shapes.read(rgb(twin[k])), shapes.scene(seed)
         assert reading.colour != truth.colour
         assert shapes.iou(reading.mask, shapes.render(truth)[1] > 0.5) > 0.9
     assert not torch.equal(originals, twin)
