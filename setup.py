@@ -31,8 +31,9 @@ setup(
     extras_require={
         # diffusers is the test oracle only; 0.42.1 is the version the parity facts were checked against
         # triton runs the kernel tests on the CPU under its interpreter; CUDA torch wheels bring their own triton
+        # kernels: Hugging Face's package that transformers imports, so tests/test_import_names.py always has it
         "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "onnxruntime",
-                 "openvino", "nncf", "matplotlib",
+                 "openvino", "nncf", "matplotlib", "kernels",
                  "starlette", "uvicorn", "prometheus-client", "python-multipart", "ray[serve]"],
         "kernels": ["triton"],
         # later backends and services; onnxruntime-gpu provides the same module for GPU users: never install both
