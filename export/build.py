@@ -14,9 +14,7 @@ engine directory.
 import hashlib
 import json
 import logging
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
@@ -31,7 +29,10 @@ from rtcore.manifest import (
     cache_root,
     commit_directory,
     device_info,
+    is_engine_directory,
+    partial_directory,
     recorded_versions,
+    remove_abandoned,
     sha256_file,
     validate,
     version_of,
@@ -218,6 +219,28 @@ def _check_options(backend, dtype, kernels, int8, device):
         raise ValueError("fp16 compile builds need device='cuda'; on the CPU use dtype bf16 (avx512_bf16/AMX) or fp32")
 
 
+def check_out(root, out, overwrite):
+    """Refuses, before any work, an ``out`` that would put what the user gave at risk: the checkpoint itself, a
+    folder inside it or around it, or an existing path that is not an engine directory. ``overwrite`` replaces only
+    an engine directory (one with rtcore's manifest.json)."""
+    out = Path(out)
+    root_at, out_at = Path(root).resolve(), out.resolve()
+    never = "an export never writes over what it reads: choose a new folder"
+    if out_at == root_at:
+        raise ValueError(f"out (--out) {out} is the checkpoint itself; {never}")
+    if root_at in out_at.parents:
+        raise ValueError(f"out (--out) {out} lies inside the checkpoint {root}; {never}")
+    if out_at in root_at.parents:
+        raise ValueError(f"out (--out) {out} contains the checkpoint {root}; {never}")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; choose a new folder or pass overwrite=True (--overwrite)")
+        if not is_engine_directory(out):
+            raise FileExistsError(f"out (--out) {out} exists and is not an rtcore engine directory (no rtcore "
+                                  "manifest.json): overwrite=True (--overwrite) replaces only an engine directory, "
+                                  "never other files; choose a new folder")
+
+
 def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None, batch=1, kernels=False,
           int8=False, device="cpu", overwrite=False, checkpoint_fingerprint=None, calibration=None):
     """Exports the four models of ``checkpoint`` into the engine directory ``out``; returns its path.
@@ -233,9 +256,8 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose a new folder or pass overwrite=True (--overwrite)")
     root = resolve(checkpoint)
+    check_out(root, out, overwrite)
     ckpt = load_checkpoint(root)
     size = ckpt.unet.config.sample_size * ckpt.vae.config.scale_factor
     height, width = height or size, width or size
@@ -253,7 +275,8 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
         ckpt.vae.to(memory_format=torch.channels_last)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_abandoned(out.parent)  # what builds killed here earlier left behind (gigabytes at SD size)
+    tmp = partial_directory(out)
     tmp.mkdir()
     try:
         models = {}

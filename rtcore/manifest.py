@@ -13,7 +13,10 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
+import socket
+import uuid
 from pathlib import Path
 
 import torch
@@ -179,11 +182,72 @@ def _check_structure(engine_dir, m, how):
                              f"files, config, shapes, versions); {how}")
 
 
-def commit_directory(tmp_dir, final_dir):
-    """Atomically puts a fully written directory in place (a rename on the same filesystem)."""
+def is_engine_directory(path):
+    """Whether ``path`` is a directory rtcore built: one that holds its ``manifest.json``. A manifest that no longer
+    validates (stale, edited, truncated) still counts, so that --overwrite and the cache can replace it; a user's
+    folder, even one with a manifest.json of its own, does not."""
+    manifest = Path(path) / MANIFEST
+    if Path(path).is_symlink() or not Path(path).is_dir() or not manifest.is_file():
+        return False
+    with open(manifest, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b'{\n  "format_version": '):  # how rtcore writes it: this survives a truncated manifest
+        return True
+    try:
+        parsed = json.loads(manifest.read_text())  # one rewritten with another key order
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(parsed, dict) and "format_version" in parsed
+
+
+# Partial folders beside an engine directory: .NAME.building-HOST-PID-ID while a build writes it, and
+# .NAME.stale-HOST-PID-ID for the directory it replaces, in the instant between the two renames of a commit.
+_PARTIAL = re.compile(r"^\..+\.(building|stale)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def partial_directory(final_dir, kind="building"):
+    """A new hidden name beside ``final_dir`` for a directory being written (kind "building") or replaced
+    ("stale"): it names this host and process, so that a later build can tell when its writer is gone."""
     final_dir = Path(final_dir)
-    if final_dir.exists():
-        stale = final_dir.with_name(f".{final_dir.name}.stale-{os.getpid()}")
+    return final_dir.with_name(f".{final_dir.name}.{kind}-{socket.gethostname()}-{os.getpid()}-"
+                               f"{uuid.uuid4().hex[:8]}")
+
+
+def _process_is_gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
+def remove_abandoned(parent):
+    """Removes the partial folders in ``parent`` left by builds on this host whose process is gone (killed,
+    out of memory, a closed laptop); returns their paths. Folders of live processes, and of other hosts on a
+    shared disk, are left alone."""
+    removed = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return removed
+    host = socket.gethostname()
+    for path in parent.iterdir():
+        match = _PARTIAL.match(path.name)
+        if match and path.is_dir() and match["host"] == host and _process_is_gone(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def commit_directory(tmp_dir, final_dir):
+    """Puts a fully written directory in place by renames on the same filesystem. An existing ``final_dir`` is
+    replaced only if it is an engine directory: anything else is the user's and raises FileExistsError."""
+    final_dir = Path(final_dir)
+    if final_dir.exists() or final_dir.is_symlink():
+        if not is_engine_directory(final_dir):
+            raise FileExistsError(f"{final_dir} exists and is not an rtcore engine directory: not replaced")
+        stale = partial_directory(final_dir, "stale")
         final_dir.rename(stale)
         Path(tmp_dir).rename(final_dir)
         shutil.rmtree(stale, ignore_errors=True)
