@@ -69,8 +69,11 @@ def _load_rtcore(spec, source, device, dtype):
 
     backend, kernels, int8, dtype = parse_spec(spec, dtype)
     if backend == "eager":
-        return CycleDiffusion.from_pretrained(source, device=device, dtype=dtype, kernels=kernels, int8=int8)
-    return CycleDiffusion.load(source, device)
+        pipe = CycleDiffusion.from_pretrained(source, device=device, dtype=dtype, kernels=kernels, int8=int8)
+    else:
+        pipe = CycleDiffusion.load(source, device)
+    pipe.set_progress_bar_config(disable=True)  # the harness prints its own table
+    return pipe
 
 
 def _diffusers(spec, checkpoint, device, dtype):

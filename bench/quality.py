@@ -260,7 +260,10 @@ def load(model, variant):
                                                int8=OPENVINO_INT8[variant], height=shapes.SIZE, width=shapes.SIZE)
     else:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {variant!r}")
-    return cycle, StableDiffusion(cycle.engines)
+    sdedit = StableDiffusion(cycle.engines)
+    for pipe in (cycle, sdedit):
+        pipe.set_progress_bar_config(disable=True)  # thousands of edits: the benchmark reports its own progress
+    return cycle, sdedit
 
 
 def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_guidance=(), log=print):

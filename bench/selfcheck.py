@@ -82,12 +82,15 @@ def _pipeline(checkpoint, spec, dtype, device, workdir):
 
     backend, *flags = spec.split("+")
     if backend == "eager":
-        return CycleDiffusion.from_pretrained(checkpoint, device=device, dtype=dtype, kernels="kernels" in flags)
-    from rtcore.export.build import build
+        pipe = CycleDiffusion.from_pretrained(checkpoint, device=device, dtype=dtype, kernels="kernels" in flags)
+    else:
+        from rtcore.export.build import build
 
-    out = build(checkpoint, Path(workdir) / f"{spec}-{dtype}", backend=backend, dtype=dtype, height=64, width=64,
-                device=device)
-    return CycleDiffusion.load(out, device)
+        out = build(checkpoint, Path(workdir) / f"{spec}-{dtype}", backend=backend, dtype=dtype, height=64,
+                    width=64, device=device)
+        pipe = CycleDiffusion.load(out, device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def drift_and_graphs(avail, device, workdir):

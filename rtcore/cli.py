@@ -10,7 +10,6 @@ from .engines import BACKENDS, DTYPES
 
 def _edit(args):
     import torch
-    from tqdm import tqdm
 
     from rtcore import CycleDiffusion
     from rtcore.images import load_image
@@ -20,11 +19,11 @@ def _edit(args):
     start = time.perf_counter()
     pipe = CycleDiffusion.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - start
-    with tqdm(total=int(args.steps * args.strength), desc="denoising", disable=args.quiet) as bar:
-        result = pipe(prompt=args.prompt, source_prompt=args.source_prompt, image=image, strength=args.strength,
-                      num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                      source_guidance_scale=args.source_guidance_scale, eta=args.eta,
-                      generator=torch.Generator().manual_seed(args.seed), callback=lambda *_: bar.update())
+    pipe.set_progress_bar_config(desc="denoising", disable=args.quiet)
+    result = pipe(prompt=args.prompt, source_prompt=args.source_prompt, image=image, strength=args.strength,
+                  num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                  source_guidance_scale=args.source_guidance_scale, eta=args.eta,
+                  generator=torch.Generator().manual_seed(args.seed))
     _save(result.images[0], out)
     if not args.quiet:
         stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in result.timings.items())

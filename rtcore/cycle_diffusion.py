@@ -32,7 +32,7 @@ from .pipeline import (
     stage,
 )
 from .prompts import as_prompt_list, encode_prompts
-from .sampling import Rows, denoise, noisy_steps
+from .sampling import Rows, noisy_steps
 from .schedule import StepTable, step_table
 
 CycleDiffusionOutput = PipelineOutput  # the name diffusers users look for
@@ -57,29 +57,36 @@ class CycleDiffusion(Pipeline):
         """``cuda_graphs``: replay the denoising loop from CUDA graphs (default: on for CUDA devices with the eager
         and compile backends, whose engines run on torch's stream; ONNX Runtime and TensorRT run on their own)."""
         super().__init__(engines)
+        self._cuda_graphs = cuda_graphs
+        self._engines_changed()
+
+    def _engines_changed(self):
+        cuda_graphs = self._cuda_graphs
         if cuda_graphs is None:
-            cuda_graphs = engines.device.type == "cuda" and engines.backend in ("eager", "compile")
+            cuda_graphs = self.engines.device.type == "cuda" and self.engines.backend in ("eager", "compile")
         self._graphed = None
         if cuda_graphs:
             from .graphs import GraphedDenoiser
 
-            self._graphed = GraphedDenoiser(engines.unet, engines.device)
+            self._graphed = GraphedDenoiser(self.engines.unet, self.engines.device)
 
     def _denoise(self, table, rows, z, context, callback=None, callback_steps=1, **source):
         """The loop (rtcore.sampling.denoise), from a CUDA graph when enabled (a callback needs the plain loop: it
-        runs Python per step)."""
+        runs Python per step). A replay is one launch, so its progress bar moves once, by the whole loop."""
         if self._graphed is not None and callback is None:
             from .graphs import CaptureError
 
             try:
-                return self._graphed(table, rows, z, context, self.engines.dtype, **source)
+                with self.progress_bar(total=len(table.timesteps)) as bar:
+                    out = self._graphed(table, rows, z, context, self.engines.dtype, **source)
+                    bar.update(len(table.timesteps))
+                return out
             except CaptureError as err:  # this engine's loop cannot be captured: fall back for good, say so once
                 # only a capture failure turns graphs off: any other error (out of memory included) is the caller's
                 warnings.warn(f"CUDA graph capture failed ({err}); running the denoising loop without graphs",
                               stacklevel=3)
                 self._graphed = None
-        return denoise(self.engines.unet, table, rows, z, context, self.engines.dtype, callback=callback,
-                       callback_steps=callback_steps, **source)
+        return super()._denoise(table, rows, z, context, callback, callback_steps, **source)
 
     # -- the two halves -----------------------------------------------------------------------------------------
 
@@ -122,7 +129,7 @@ class CycleDiffusion(Pipeline):
         if not isinstance(source, EncodedSource):
             raise TypeError(f"source must be the EncodedSource returned by encode(), got {type(source).__name__}")
         check_number(guidance_scale, "guidance_scale")
-        check_output(output_type, return_dict, callback, callback_steps)
+        output_type = check_output(output_type, return_dict, callback, callback_steps)
         targets = as_prompt_list(prompt, "prompt")
         n = batch_size(prompt=targets, source=[None] * source.num_items)
         rows = Rows("decode", guidance_scale=guidance_scale)
@@ -141,7 +148,7 @@ class CycleDiffusion(Pipeline):
                  return_dict=True, callback=None, callback_steps=1):
         check_number(guidance_scale, "guidance_scale")
         check_number(source_guidance_scale, "source_guidance_scale")
-        check_output(output_type, return_dict, callback, callback_steps)
+        output_type = check_output(output_type, return_dict, callback, callback_steps)
         targets = as_prompt_list(prompt, "prompt")
         sources = as_prompt_list(source_prompt, "source_prompt")
         pixels = preprocess(image, self.engines.vae_scale_factor)

@@ -72,6 +72,7 @@ def run_demo(out_dir, steps=50, strength=0.6, scene=0, seed=0, device="cpu", che
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     pipe = CycleDiffusion.from_pretrained(checkpoint, device=device)
+    pipe.set_progress_bar_config(disable=True)  # the demo prints each stage's time instead
     load_s = time.perf_counter() - start
     source = shapes.held_out(1, start=scene)[0]
     before = shapes.image(source)

@@ -40,6 +40,7 @@ class Engines:
     fixed_size: tuple = None  # (H, W) for engines built for one image size; None: any multiple of vae_scale_factor
     default_size: tuple = (512, 512)  # (H, W) text-to-image draws when not told: the UNet's own, or the build's
     providers: dict = field(default_factory=dict)  # ONNX Runtime: the providers each session really runs
+    checkpoint: Any = None  # eager: the loaded checkpoint whose models these callables run (Pipeline.to moves it)
 
 
 def resolve_dtype(dtype):
@@ -99,4 +100,5 @@ def eager_engines(checkpoint, device, dtype) -> Engines:
         dtype=dtype,
         backend="eager",
         default_size=(unet.config.sample_size * vae.config.scale_factor,) * 2,  # as diffusers' pipelines
+        checkpoint=checkpoint,
     )

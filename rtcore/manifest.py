@@ -88,6 +88,8 @@ def rebuild_command(manifest):
     int8 = m.get("int8")
     flags = (" --kernels" if m.get("kernels") else "") + (f" --int8 {int8}" if int8 in ("dynamic", "static") else
                                                            " --int8" if int8 else "")
+    if isinstance(m.get("device"), dict) and m["device"].get("type") == "cuda":  # built on a GPU: rebuilt on one
+        flags += " --device cuda"
     return (f"rtcore export {checkpoint.get('path', 'CHECKPOINT')} --backend {m.get('backend')} "
             f"--dtype {m.get('dtype')} --height {shapes.get('height')} --width {shapes.get('width')} "
             f"--batch {shapes.get('batch')}{flags} --out NEW_ENGINE_DIR")

@@ -6,6 +6,7 @@ A pipeline object holds no per-call state, so concurrent calls from several thre
 """
 
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .engines import BACKENDS, Engines, eager_engines, resolve_device, resolve_dtype, resolve_int8
+from .engines import BACKENDS, DTYPE_NAMES, Engines, eager_engines, resolve_device, resolve_dtype, resolve_int8
 from .images import postprocess
-from .manifest import MANIFEST, validate
-from .sampling import draw_noise
+from .manifest import MANIFEST, read_manifest, rebuild_command, validate
+from .sampling import denoise, draw_noise
 from .schedule import is_real
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -44,7 +46,13 @@ def check_positive_int(value, name):
 
 
 def check_output(output_type, return_dict, callback, callback_steps):
-    """The output and progress arguments every pipeline call takes, checked before any work."""
+    """The output and progress arguments every pipeline call takes, checked before any work. Returns the output
+    type, with diffusers' deprecated alias "numpy" (which its own CycleDiffusion tests pass) read as "np"."""
+    if output_type == "numpy":
+        # diffusers' words (VaeImageProcessor.postprocess), and its category: FutureWarning
+        warnings.warn(f"the output_type {output_type} is outdated and has been set to `np`. Please make sure to set it "
+                      "to one of these instead: `pil`, `np`, `pt`, `latent`", FutureWarning, stacklevel=3)
+        output_type = "np"
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     if not isinstance(return_dict, bool):
@@ -53,6 +61,7 @@ def check_output(output_type, return_dict, callback, callback_steps):
         raise TypeError(f"callback must be a function (step, timestep, latents) or None, got "
                         f"{type(callback).__name__}")
     check_positive_int(callback_steps, "callback_steps")
+    return output_type
 
 
 def output_count(batch, num_images_per_prompt):
@@ -111,6 +120,72 @@ class Pipeline:
         self.engines = engines
         self.safety = None  # an rtcore.safety.Safety (from_pretrained(safety_checker=True)), or None: off
         self.source_path = None  # the checkpoint folder or engine directory this pipeline came from
+        self._progress_bar_config = {}  # tqdm options of the denoising bar (set_progress_bar_config)
+
+    # -- what diffusers users call on a pipeline ----------------------------------------------------------------
+
+    @property
+    def device(self):
+        return self.engines.device
+
+    @property
+    def dtype(self):
+        return self.engines.dtype
+
+    def set_progress_bar_config(self, **kwargs):
+        """tqdm options for the denoising progress bar, as in diffusers: ``disable=True`` silences it."""
+        self._progress_bar_config = kwargs
+
+    def progress_bar(self, iterable=None, total=None):
+        """A tqdm bar with this pipeline's options (diffusers' ``DiffusionPipeline.progress_bar``)."""
+        if iterable is not None:
+            return tqdm(iterable, **self._progress_bar_config)
+        if total is not None:
+            return tqdm(total=total, **self._progress_bar_config)
+        raise ValueError("progress_bar: pass iterable or total")
+
+    def to(self, device=None, dtype=None):
+        """diffusers' ``pipe.to(device)``, ``pipe.to(dtype)``, ``pipe.to(device, dtype)``: moves an eager pipeline's
+        models and returns the pipeline. A built engine is bound to its device and dtype when it is built and
+        loaded, so asking it for others raises a ValueError that says how to get them."""
+        if isinstance(device, torch.dtype):  # pipe.to(torch.float16)
+            device, dtype = None, device
+        eng = self.engines
+        device = eng.device if device is None else resolve_device(device)
+        dtype = eng.dtype if dtype is None else resolve_dtype(dtype)
+        if (device, dtype) == (eng.device, eng.dtype):
+            return self
+        if eng.checkpoint is None:
+            raise ValueError(self._bound_engine_message(device, dtype))
+        self.engines = eager_engines(eng.checkpoint, device, dtype)
+        if self.safety is not None:
+            from .safety import Safety
+
+            self.safety = Safety(self.source_path, device, dtype)
+        self._engines_changed()
+        return self
+
+    def _bound_engine_message(self, device, dtype):
+        eng = self.engines
+        what = f"pipe.to({str(device)!r}, {DTYPE_NAMES[dtype]}): this {eng.backend} engine runs on {eng.device} in " \
+               f"{DTYPE_NAMES[eng.dtype]}, fixed when it was built and loaded"
+        if self.source_path is None or not (Path(self.source_path) / MANIFEST).is_file():
+            return f"{what}; make the pipeline again for {device} and {DTYPE_NAMES[dtype]}"
+        if dtype == eng.dtype and eng.backend == "onnx":  # ONNX files run on any device ONNX Runtime has
+            return f"{what}; load the engine directory again: rtcore.load({str(self.source_path)!r}, " \
+                   f"device={str(device)!r})"
+        manifest = read_manifest(self.source_path)
+        command = rebuild_command({**manifest, "dtype": DTYPE_NAMES[dtype], "device": {"type": device.type}})
+        return f"{what}; rebuild it for them with: {command}, then load that"
+
+    def _engines_changed(self):
+        """Called when ``to`` has replaced the engines: subclasses drop what they derived from the old ones."""
+
+    def _denoise(self, table, rows, z, context, callback=None, callback_steps=1, **inputs):
+        """The loop (rtcore.sampling.denoise) on this pipeline's UNet, with its progress bar."""
+        with self.progress_bar(total=len(table.timesteps)) as bar:
+            return denoise(self.engines.unet, table, rows, z, context, self.engines.dtype, callback=callback,
+                           callback_steps=callback_steps, progress=bar.update, **inputs)
 
     @classmethod
     def from_pretrained(cls, path, backend=None, device="cpu", dtype=None, kernels=False, int8=False, height=None,

@@ -198,7 +198,7 @@ class Rows:
 
 
 def denoise(unet, table, rows: Rows, z, context, dtype, *, x0=None, step_noise=None, residuals=None, callback=None,
-            callback_steps=1, timesteps=None):
+            callback_steps=1, timesteps=None, progress=None):
     """Runs the denoising loop in ``rows.mode`` from the start ``z`` (N, C, h, w) float32. Returns (x, the
     residual per step in mode "encode", else None).
 
@@ -210,6 +210,8 @@ def denoise(unet, table, rows: Rows, z, context, dtype, *, x0=None, step_noise=N
 
     ``context`` holds the text embeddings of every row (:meth:`Rows.context`), or None for a model without text.
     ``timesteps`` is the table's timesteps as a device tensor (made here when not given: CUDA graphs pass their own).
+    ``progress``, when given, is called once per step after its UNet call (a progress bar's update), in every
+    mode.
     """
     if timesteps is None:
         timesteps = torch.as_tensor(table.timesteps, device=z.device)
@@ -219,6 +221,8 @@ def denoise(unet, table, rows: Rows, z, context, dtype, *, x0=None, step_noise=N
     previous_x0 = None  # dpm++: x̂0 of the previous step
     for i in range(len(table.timesteps)):
         out = unet(rows.batch(y, x).to(dtype), timesteps[i:i + 1], context).float()
+        if progress is not None:
+            progress()
         out_src, out_tgt = rows.guided(out)
         if rows.source:
             y_next = source_posterior(table, i, y, x0, step_noise[noise_at[i]] if i in noise_at else None)

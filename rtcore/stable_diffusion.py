@@ -26,7 +26,7 @@ from .pipeline import (
     stage,
 )
 from .prompts import as_prompt_list, encode_prompts
-from .sampling import Rows, denoise, draw_noise
+from .sampling import Rows, draw_noise
 from .schedule import dpm_table, step_table
 
 SCHEDULERS = ("ddim", "dpm++2m")
@@ -47,14 +47,13 @@ class StableDiffusion(Pipeline):
         with stage(timings, "text_encode", eng.device):
             context = rows.context(encode_prompts(eng, negatives + prompts), targets=prompts, negatives=negatives)
         with stage(timings, "denoise", eng.device), torch.inference_mode():
-            x, _ = denoise(eng.unet, table, rows, x, context, eng.dtype, step_noise=step_noise, callback=callback,
-                           callback_steps=callback_steps)
+            x, _ = self._denoise(table, rows, x, context, callback, callback_steps, step_noise=step_noise)
         return self._finish(x, output_type, return_dict, timings)
 
     def _check_common(self, guidance_scale, eta, output_type, return_dict, callback, callback_steps):
         check_number(guidance_scale, "guidance_scale")
         check_number(eta, "eta")  # DPM++ does not use it; a wrong type is still a mistake worth naming
-        check_output(output_type, return_dict, callback, callback_steps)
+        return check_output(output_type, return_dict, callback, callback_steps)
 
     def text_to_image(self, prompt, height=None, width=None, num_inference_steps=50, guidance_scale=7.5,
                       negative_prompt=None, num_images_per_prompt=1, eta=0.0, generator=None, output_type="pil",
@@ -64,7 +63,7 @@ class StableDiffusion(Pipeline):
         eng = self.engines
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-        self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
+        output_type = self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
         f = eng.vae_scale_factor
         height, width = height or eng.default_size[0], width or eng.default_size[1]  # a fixed-size engine's own
         for name, value in (("height", height), ("width", width)):
@@ -92,7 +91,7 @@ class StableDiffusion(Pipeline):
         """SDEdit: noises the encoded image to strength·T and denoises it toward ``prompt``
         (diffusers' StableDiffusionImg2ImgPipeline with DDIM)."""
         eng = self.engines
-        self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
+        output_type = self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
         pixels = preprocess(image, eng.vae_scale_factor)
         self.check_size(*pixels.shape[2:], "image")
         prompts, negatives, n = self._prompts(prompt, negative_prompt, pixels.shape[0], num_images_per_prompt)

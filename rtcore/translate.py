@@ -87,7 +87,7 @@ class PixelCycleDiffusion:
         return torch.cat([self.source_unet(y, timestep), self.target_unet(x, timestep)])
 
     def __call__(self, image, strength=0.8, num_inference_steps=100, eta=0.1, generator=None, output_type="pil"):
-        check_output(output_type, True, None, 1)
+        output_type = check_output(output_type, True, None, 1)
         table = step_table(self.scheduler, num_inference_steps, strength, eta)
         x0 = preprocess(image, self.scale_factor).to(self.device, torch.float32)
         n = x0.shape[0]
