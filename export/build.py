@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ from . import compile_flags
 from .calibration import unet_calibration_set
 from .checkpoint import load_checkpoint, resolve
 from .contracts import contracts
+from .progress import Stages
 
 BACKENDS = ("onnx", "openvino", "compile", "tensorrt")
 ONNX_OPSET = 18
@@ -65,9 +67,14 @@ def _export_onnx(contract, folder):
     path = folder / "model.onnx"
     # the TorchScript-based exporter: ~10× faster to export than the dynamo one here, and its graphs run as fast
     # in ONNX Runtime; models over 2 GB get their weights in external data files in the same folder
-    torch.onnx.export(contract.module, contract.sample, str(path), input_names=list(contract.inputs),
-                      output_names=list(contract.outputs), dynamic_axes=contract.dynamic_axes,
-                      opset_version=ONNX_OPSET, dynamo=False)
+    with warnings.catch_warnings():
+        # its chatter is not news: its own deprecation notice, and the tracer's notes on the models' shape checks
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
+        torch.onnx.export(contract.module, contract.sample, str(path), input_names=list(contract.inputs),
+                          output_names=list(contract.outputs), dynamic_axes=contract.dynamic_axes,
+                          opset_version=ONNX_OPSET, dynamo=False)
     onnx.checker.check_model(str(path))  # by path: works for models with external data
     return path
 
@@ -242,12 +249,12 @@ def check_out(root, out, overwrite):
 
 
 def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None, batch=1, kernels=False,
-          int8=False, device="cpu", overwrite=False, checkpoint_fingerprint=None, calibration=None):
+          int8=False, device="cpu", overwrite=False, checkpoint_fingerprint=None, calibration=None, quiet=False):
     """Exports the four models of ``checkpoint`` into the engine directory ``out``; returns its path.
     ``int8``: False, True or "dynamic" (int8 linear layers), or "static" (openvino: int8 convolutions too,
     calibrated on ``calibration``, a list of (image, caption) pairs like the photos the engine will edit; default:
     shapes-world scenes, export.calibration). ``checkpoint_fingerprint``: when the caller has already hashed the
-    checkpoint (the cache has)."""
+    checkpoint (the cache has). Each stage is printed on stderr as it starts and ends, unless ``quiet``."""
     dtype, device, int8 = resolve_dtype(dtype), resolve_device(device), resolve_int8(int8)
     _check_options(backend, dtype, kernels, int8, device)
     if calibration is not None and (int8 != "static" or not calibration
@@ -258,7 +265,9 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
     out = Path(out)
     root = resolve(checkpoint)
     check_out(root, out, overwrite)
-    ckpt = load_checkpoint(root)
+    stages = Stages(quiet)
+    with stages(f"reading the checkpoint {root}"):
+        ckpt = load_checkpoint(root)
     size = ckpt.unet.config.sample_size * ckpt.vae.config.scale_factor
     height, width = height or size, width or size
     if backend == "compile" and (kernels or int8):
@@ -288,17 +297,25 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
             if backend == "openvino":
                 if quantized == "static":
                     images, prompts = zip(*calibration) if calibration else (None, None)
-                    samples = unet_calibration_set(ckpt, height, width, images=images, prompts=prompts)
+                    with stages(f"{name}: calibration inputs"):
+                        samples = unet_calibration_set(ckpt, height, width, images=images, prompts=prompts)
                 onnx_folder = tmp / f".{name}-onnx"  # the fp32 graph is only the input of the conversion
                 onnx_folder.mkdir()
-                artifact = to_openvino_ir(_export_onnx(contract, onnx_folder), folder, dtype, quantized, samples)
+                with stages(f"{name}: export to ONNX (fp32)"):
+                    onnx_path = _export_onnx(contract, onnx_folder)
+                how = {"static": ", int8 weights and calibrated int8 convolutions", "dynamic": ", int8 weights"}
+                with stages(f"{name}: conversion to OpenVINO IR ({DTYPE_NAMES[dtype]}{how.get(quantized, '')})"):
+                    artifact = to_openvino_ir(onnx_path, folder, dtype, quantized, samples)
                 shutil.rmtree(onnx_folder)
             elif backend == "onnx":
-                artifact = _export_onnx(contract, folder)
+                with stages(f"{name}: export to ONNX ({DTYPE_NAMES[dtype]})"):
+                    artifact = _export_onnx(contract, folder)
             elif backend == "compile":
-                artifact = _export_aoti(contract, folder, device)
+                with stages(f"{name}: AOTInductor compile ({DTYPE_NAMES[dtype]}, {device.type})"):
+                    artifact = _export_aoti(contract, folder, device)
             else:
-                artifact = _export_tensorrt(contract, folder, dtype)
+                with stages(f"{name}: ONNX export and TensorRT plan ({DTYPE_NAMES[dtype]})"):
+                    artifact = _export_tensorrt(contract, folder, dtype)
             models[name] = {"file": artifact.relative_to(tmp).as_posix(),
                             "inputs": list(contract.inputs), "outputs": list(contract.outputs),
                             "profile": contract.profile, **({"int8": quantized} if quantized else {})}
@@ -314,13 +331,16 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
         # the default edit's step table, for runners without the Python scheduler maths (cmake/rtcore-run)
         table = step_table(DDIMConfig.from_dict(ckpt.scheduler_config), **DEFAULT_EDIT)
         (tmp / "step_table.txt").write_text(table_text(table))
+        if checkpoint_fingerprint is None:
+            with stages("hashing the checkpoint"):
+                checkpoint_fingerprint = fingerprint(root)
         manifest = {
             "format_version": FORMAT_VERSION,
             "backend": backend,
             "dtype": DTYPE_NAMES[dtype],
             "kernels": bool(kernels),
             "int8": int8 or False,
-            "checkpoint": {"path": str(root), "fingerprint": checkpoint_fingerprint or fingerprint(root)},
+            "checkpoint": {"path": str(root), "fingerprint": checkpoint_fingerprint},
             "shapes": {"height": height, "width": width, "batch": batch,
                        # ONNX graphs take any size; the AOTInductor and TensorRT artifacts are built for one
                        "fixed_size": backend not in ("onnx", "openvino")},
@@ -332,7 +352,8 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
             "step_table": table_json(table, DEFAULT_EDIT),
             "models": models,
         }
-        write_manifest(tmp, manifest)  # last: it hashes every file written above
+        with stages("hashing the engine's files into its manifest"):
+            write_manifest(tmp, manifest)  # last: it hashes every file written above
         return commit_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

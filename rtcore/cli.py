@@ -99,8 +99,9 @@ def _export(args):
     start = time.perf_counter()
     out = build(args.checkpoint, args.out, backend=args.backend, dtype=args.dtype, height=args.height,
                 width=args.width, batch=args.batch, kernels=args.kernels, int8=args.int8, device=args.device,
-                overwrite=args.overwrite)
-    print(f"wrote {args.backend} engine directory {out} in {time.perf_counter() - start:.1f} s")
+                overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        print(f"wrote {args.backend} engine directory {out} in {time.perf_counter() - start:.1f} s")
 
 
 def _serve(args):
@@ -176,6 +177,7 @@ def build_parser():
                         "int8 convolutions too, calibrated at export on shapes-world scenes")
     export.add_argument("--device", default="cpu", help="where to build (TensorRT and GPU compile need cuda)")
     _output_options(export, "engine directory to write")
+    export.add_argument("--quiet", action="store_true", help="print nothing but errors (no stage times)")
     export.set_defaults(run=_export)
 
     srv = sub.add_parser("serve", help="serve edits over HTTP (POST /edit, GET /healthz, GET /metrics)")

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -220,9 +221,15 @@ def test_cli_export_then_edit(tiny_sd1, tmp_path):
 
     out = tmp_path / "engine"
     cmd = [sys.executable, "-m", "rtcore"]
-    result = subprocess.run(cmd + ["export", str(tiny_sd1), "--backend", "onnx", "--height", "64", "--width", "64",
-                                   "--out", str(out)], capture_output=True, text=True, timeout=300)
+    export = cmd + ["export", str(tiny_sd1), "--backend", "onnx", "--height", "64", "--width", "64", "--out", str(out)]
+    result = subprocess.run(export + ["--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout == result.stderr == "", result.stderr
+    result = subprocess.run(export + ["--overwrite"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    # each stage as it starts and ends, with its time; none of the exporter's warnings
+    assert re.search(r"unet: export to ONNX \(fp32\) \.\.\.\n(.*\n)*.*unet: export to ONNX \(fp32\): \d+\.\d s",
+                     result.stderr), result.stderr
+    assert "hashing the engine's files" in result.stderr and "Warning" not in result.stderr
     sample_image(64, 64).save(tmp_path / "in.png")
     result = subprocess.run(cmd + ["edit", "--model", str(out), "--image", str(tmp_path / "in.png"),
                                    "--source-prompt", "a horse", "--prompt", "an elephant", "--steps", "4",
