@@ -30,7 +30,6 @@ class RtcoreEditor:
         from rtcore import CycleDiffusion
 
         self.pipe = CycleDiffusion.from_pretrained(model, backend=backend, device=device, dtype=dtype)
-        self.pipe.set_progress_bar_config(disable=True)  # a service reports through /metrics
         self.service = EditService(self.pipe, max_admitted, timeout_s, limits or Limits())
 
     def edit_group(self, items):

@@ -72,6 +72,5 @@ def serve(model, host="127.0.0.1", port=8000, backend=None, device="cpu", dtype=
     from rtcore import CycleDiffusion
 
     pipe = CycleDiffusion.from_pretrained(model, backend=backend, device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)  # a service reports through /metrics, not a terminal bar per edit
     app = create_app(pipe, max_concurrency, max_queue, timeout_s, max_pixels, max_upload_bytes)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -182,6 +182,7 @@ class EditService:
 
     def __init__(self, pipe, max_admitted, timeout_s, limits: Limits):
         self.pipe, self.max_admitted, self.timeout_s, self.limits = pipe, max_admitted, timeout_s, limits
+        pipe.set_progress_bar_config(disable=True)  # a service reports through /metrics, not a terminal bar per edit
         self.inflight = 0
         self._lock = threading.Lock()
         self.registry = CollectorRegistry()  # one per service, so several apps in one process do not collide

@@ -18,6 +18,7 @@ def report(tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow  # the harness builds an OpenVINO engine and runs each pipeline in a fresh process
 def test_harness_writes_json_markdown_and_chart(report):
     result, out = report
     saved = json.loads((out / "bench_edit.json").read_text())
@@ -42,6 +43,7 @@ def test_harness_writes_json_markdown_and_chart(report):
     assert (out / "bench_edit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # the report fixture: the harness run above
 def test_compare_flags_regressions(report):
     result, _ = report
     slower = copy.deepcopy(result)
@@ -90,6 +92,7 @@ def test_kernel_report_rates_against_the_right_peak():
     assert "| qkv_attention D=40 | rtcore | 0.500 | 0.400 | 0.600 | 1.0 TFLOP/s | — | 1.25 (vs sdpa) |" in text
 
 
+@pytest.mark.slow  # NNCF int8 and every CPU engine
 def test_unet_row_benchmark_times_every_cpu_engine(tiny_sd1, onnx_dir, tmp_path):
     """The real-shape row benchmark, run on the tiny model: each engine timed, rated against the GEMM roofline
     measured in the same run, and its drift against rtcore eager fp32."""

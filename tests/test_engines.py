@@ -260,6 +260,7 @@ def test_compile_backend_matches_eager(compile_dir, pipe):
     assert len(m["step_table"]["rows"]) == 40 and (engine_dir / "step_table.txt").is_file()
 
 
+@pytest.mark.slow  # compile_dir builds AOTInductor packages
 def test_loading_a_kernels_engine_registers_the_ops(compile_dir, tmp_path):
     """The AOTInductor graphs of a --kernels/--int8 engine call torch.ops.rtcore.*, which nothing else registers
     in a new process (a full --kernels engine fails there with "Could not find schema for rtcore::group_norm").

@@ -79,6 +79,7 @@ def test_openvino_engine_takes_other_sizes(openvino_dirs, pipe):
     assert len(engine.engines.unet.compiled) == 3 and len(engine.engines.vae_decode.compiled) == 3
 
 
+@pytest.mark.slow  # NNCF
 def test_openvino_int8_quantizes_the_unet_linear_layers(tiny_sd1, pipe, image, tmp_path):
     """--int8: the UNet's MatMul weights stored as int8 (OpenVINO IR), activations quantized at run time."""
     pytest.importorskip("nncf")
@@ -102,6 +103,7 @@ def test_openvino_int8_quantizes_the_unet_linear_layers(tiny_sd1, pipe, image, t
     assert psnr >= 25
 
 
+@pytest.mark.slow  # NNCF calibration
 def test_openvino_static_int8_also_quantizes_the_convolutions(tiny_sd1, pipe, image, tmp_path):
     """int8='static': the convolutions' weights and activations become int8 too, calibrated at export; the linear
     layers keep their int8 weights with run-time activations, and the attention matmuls stay bf16."""

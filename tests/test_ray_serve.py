@@ -13,6 +13,8 @@ import torch
 
 from rtcore.demo import sample_image
 
+pytestmark = pytest.mark.slow  # a local Ray instance per module
+
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 

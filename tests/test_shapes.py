@@ -148,6 +148,7 @@ def test_demo_writes_the_grid(tmp_path):
         assert PIL.Image.open(tmp_path / f"{name}.png").size == (64, 64)
 
 
+@pytest.mark.slow  # the quality benchmark, end to end
 def test_quality_benchmark_writes_its_report(tmp_path, capsys):
     from rtcore.cli import main
 
@@ -216,6 +217,7 @@ def test_quality_benchmark_rejects_bad_strengths(capsys):
     assert "--strengths must be" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains
 def test_trainer_writes_a_checkpoint_and_resumes_it(tmp_path):
     """The trainer end to end at a toy budget: a diffusers-layout folder rtcore loads, and --resume keeps its VAE
     and tokenizer byte for byte while training its UNet further. (In a subprocess: --threads sets torch's
