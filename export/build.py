@@ -12,6 +12,7 @@ engine directory.
 """
 
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -49,6 +50,12 @@ from .progress import Stages
 
 BACKENDS = ("onnx", "openvino", "compile", "tensorrt")
 ONNX_OPSET = 18
+# The CLIP text encoder of ONNX-based engines computes in fp32 and casts its output to the engine dtype. Traced in
+# fp16, the TorchScript exporter builds SDPA's causal mask in fp32, type promotion makes the attention output and
+# the LayerNormalization inputs fp32 while their scales stay fp16, and ONNX Runtime refuses the graph ("Type
+# parameter (T) of Optype (LayerNormalization) bound to different types") on every execution provider. It runs once
+# per edit (13 GFLOP per prompt at SD 1.5 size), so fp32 costs nothing that matters.
+TEXT_ENCODER_DTYPE = {"onnx": torch.float32, "tensorrt": torch.float32}
 
 
 def fingerprint(root) -> str:
@@ -61,7 +68,10 @@ def fingerprint(root) -> str:
     return digest.hexdigest()
 
 
-def _export_onnx(contract, folder):
+def _export_onnx(contract, folder, device, session=True):
+    """``contract``'s model as ``folder/model.onnx``, checked before the build goes on: ``onnx.checker``'s full check
+    (strict shape and type inference), and with ``session`` an ONNX Runtime session on ``device`` (CUDA EP where
+    onnxruntime-gpu has it), which resolves every node's types and kernels the way loading the engine will."""
     import onnx
 
     path = folder / "model.onnx"
@@ -75,8 +85,23 @@ def _export_onnx(contract, folder):
         torch.onnx.export(contract.module, contract.sample, str(path), input_names=list(contract.inputs),
                           output_names=list(contract.outputs), dynamic_axes=contract.dynamic_axes,
                           opset_version=ONNX_OPSET, dynamo=False)
-    onnx.checker.check_model(str(path))  # by path: works for models with external data
+    onnx.checker.check_model(str(path), full_check=True)  # by path: works for models with external data
+    if session:
+        _open_session(path, device)
     return path
+
+
+def _open_session(path, device):
+    import onnxruntime as ort
+
+    cuda = torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+    provider = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # resolution only: quick
+    try:
+        ort.InferenceSession(str(path), options, providers=[provider])
+    except Exception as err:  # ORT raises its own exception types: one clear message naming the model
+        raise RuntimeError(f"ONNX Runtime refuses the exported {path.parent.name} model ({path}): {err}") from None
 
 
 def _export_aoti(contract, folder, device):
@@ -185,9 +210,9 @@ def build_plan(onnx_path, plan_path, profile, dtype=torch.float16, timing_cache=
     return plan_path
 
 
-def _export_tensorrt(contract, folder, dtype):
-
-    onnx_path = _export_onnx(contract, folder)
+def _export_tensorrt(contract, folder, dtype, device):
+    # ONNX Runtime checks the graph too where it is installed; TensorRT's parser is the real judge below
+    onnx_path = _export_onnx(contract, folder, device, session=importlib.util.find_spec("onnxruntime") is not None)
     return build_plan(onnx_path, folder / "model.plan", contract.profile, dtype=dtype,
                       timing_cache=folder.parent / "timing.cache")
 
@@ -204,6 +229,12 @@ def _check_options(backend, dtype, kernels, int8, device):
     if int8 == "static" and backend != "openvino":
         raise ValueError(f"int8='static' (calibrated int8 convolutions) is an openvino engine; the {backend} backend's "
                          "int8 is dynamic: pass int8=True (--int8)")
+    if dtype == torch.bfloat16 and backend in ("onnx", "tensorrt"):
+        # the exported graph would be invalid: opset 18's Conv has no bfloat16 (nor do ONNX Runtime's kernels), and
+        # the text encoder's export fails outright ("ScalarType ComplexDouble is an unexpected tensor scalar type")
+        raise ValueError(f"dtype bf16 cannot be built for the {backend} backend (ONNX opset {ONNX_OPSET} convolutions "
+                         "have no bfloat16): use dtype fp16 or fp32 with it, or bf16 with the openvino, compile or "
+                         "eager backends")
     if int8 and backend == "openvino" and dtype != torch.bfloat16:
         raise ValueError("int8 openvino engines run the rest of the UNet in bf16: pass dtype='bf16' (--dtype bf16)")
     if backend == "tensorrt":
@@ -277,8 +308,9 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
             patch(model, group_norm=kernels, attention=kernels, int8=int8)
     # an openvino engine is converted from the fp32 ONNX graph: its dtype is the precision OpenVINO compiles it for
     export_dtype = torch.float32 if backend == "openvino" else dtype
-    for model in (ckpt.unet, ckpt.vae, ckpt.text_encoder):
+    for model in (ckpt.unet, ckpt.vae):
         model.to(device, export_dtype).eval()
+    ckpt.text_encoder.to(device, TEXT_ENCODER_DTYPE.get(backend, export_dtype)).eval()
     if backend == "compile" and device.type == "cuda":
         ckpt.unet.to(memory_format=torch.channels_last)
         ckpt.vae.to(memory_format=torch.channels_last)
@@ -302,20 +334,20 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
                 onnx_folder = tmp / f".{name}-onnx"  # the fp32 graph is only the input of the conversion
                 onnx_folder.mkdir()
                 with stages(f"{name}: export to ONNX (fp32)"):
-                    onnx_path = _export_onnx(contract, onnx_folder)
+                    onnx_path = _export_onnx(contract, onnx_folder, device, session=False)  # OpenVINO reads it
                 how = {"static": ", int8 weights and calibrated int8 convolutions", "dynamic": ", int8 weights"}
                 with stages(f"{name}: conversion to OpenVINO IR ({DTYPE_NAMES[dtype]}{how.get(quantized, '')})"):
                     artifact = to_openvino_ir(onnx_path, folder, dtype, quantized, samples)
                 shutil.rmtree(onnx_folder)
             elif backend == "onnx":
                 with stages(f"{name}: export to ONNX ({DTYPE_NAMES[dtype]})"):
-                    artifact = _export_onnx(contract, folder)
+                    artifact = _export_onnx(contract, folder, device)
             elif backend == "compile":
                 with stages(f"{name}: AOTInductor compile ({DTYPE_NAMES[dtype]}, {device.type})"):
                     artifact = _export_aoti(contract, folder, device)
             else:
                 with stages(f"{name}: ONNX export and TensorRT plan ({DTYPE_NAMES[dtype]})"):
-                    artifact = _export_tensorrt(contract, folder, dtype)
+                    artifact = _export_tensorrt(contract, folder, dtype, device)
             models[name] = {"file": artifact.relative_to(tmp).as_posix(),
                             "inputs": list(contract.inputs), "outputs": list(contract.outputs),
                             "profile": contract.profile, **({"int8": quantized} if quantized else {})}

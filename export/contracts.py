@@ -11,14 +11,15 @@ from torch import nn
 
 
 class TextEncoder(nn.Module):
-    """input_ids (P, 77) int64 → last hidden state (P, 77, C)."""
+    """input_ids (P, 77) int64 → last hidden state (P, 77, C) in ``out_dtype`` (the engine's), whatever precision
+    the CLIP model computes in."""
 
-    def __init__(self, clip):
+    def __init__(self, clip, out_dtype):
         super().__init__()
-        self.clip = clip
+        self.clip, self.out_dtype = clip, out_dtype
 
     def forward(self, input_ids):
-        return self.clip(input_ids).last_hidden_state
+        return self.clip(input_ids).last_hidden_state.to(self.out_dtype)
 
 
 class VAEEncoder(nn.Module):
@@ -72,7 +73,7 @@ def contracts(checkpoint, height, width, batch, device="cpu", dtype=torch.float3
     opts = dict(device=device, dtype=dtype)
     return {
         "text_encoder": Contract(
-            "text_encoder", TextEncoder(checkpoint.text_encoder), ("input_ids",), ("embeddings",),
+            "text_encoder", TextEncoder(checkpoint.text_encoder, dtype), ("input_ids",), ("embeddings",),
             (torch.zeros((prompts, text_len), dtype=torch.int64, device=device),),
             {"input_ids": {0: "prompts"}, "embeddings": {0: "prompts"}},
             {"input_ids": ((1, text_len), (prompts, text_len), (2 * batch + 1, text_len))}),

@@ -145,10 +145,10 @@ def test_interrupted_build_leaves_nothing_that_looks_valid(tiny_sd1, tmp_path, m
 
     real = build_module._export_onnx
 
-    def fail_on_unet(contract, folder):
+    def fail_on_unet(contract, folder, *args, **kwargs):
         if contract.name == "unet":
             raise KeyboardInterrupt  # the user pressed Ctrl-C halfway
-        return real(contract, folder)
+        return real(contract, folder, *args, **kwargs)
 
     monkeypatch.setattr(build_module, "_export_onnx", fail_on_unet)
     out = tmp_path / "engine"
