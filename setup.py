@@ -7,6 +7,13 @@ rtcore does not replace an installed torch (install torch first: the CPU or CUDA
 
 from setuptools import setup
 
+# What the test suite needs, but ONNX Runtime, whose CPU and GPU packages are two extras ("test", "test-gpu").
+# diffusers is the test oracle only; 0.42.1 is the version the parity facts were checked against. triton runs the
+# kernel tests on the CPU under its interpreter; CUDA torch wheels bring their own triton. kernels: Hugging Face's
+# package, which transformers imports, so that tests/test_import_names.py always has it.
+TEST = ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "openvino", "nncf", "matplotlib",
+        "kernels", "starlette", "uvicorn", "prometheus-client", "python-multipart", "ray[serve]"]
+
 setup(
     name="rtcore",
     version="0.1.0",
@@ -29,12 +36,10 @@ setup(
         "tqdm",
     ],
     extras_require={
-        # diffusers is the test oracle only; 0.42.1 is the version the parity facts were checked against
-        # triton runs the kernel tests on the CPU under its interpreter; CUDA torch wheels bring their own triton
-        # kernels: Hugging Face's package that transformers imports, so tests/test_import_names.py always has it
-        "test": ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "onnxruntime",
-                 "openvino", "nncf", "matplotlib", "kernels",
-                 "starlette", "uvicorn", "prometheus-client", "python-multipart", "ray[serve]"],
+        "test": TEST + ["onnxruntime"],
+        # the same on a GPU machine, with onnxruntime-gpu in place of onnxruntime: both at once provide one module,
+        # and whichever is installed last wins, usually without the CUDA EP
+        "test-gpu": TEST + ["onnxruntime-gpu"],
         "kernels": ["triton"],
         # later backends and services; onnxruntime-gpu provides the same module for GPU users: never install both
         "onnx": ["onnx", "onnxruntime"],

@@ -13,12 +13,10 @@ this reproduces diffusers' ``CycleDiffusionPipeline`` exactly).
 A pipeline object holds no per-call state: concurrent calls from several threads are safe with the eager backend.
 """
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 
-from .engines import Engines
 from .images import preprocess
 from .pipeline import (
     Pipeline,
@@ -53,41 +51,6 @@ class EncodedSource:
 
 
 class CycleDiffusion(Pipeline):
-    def __init__(self, engines: Engines, cuda_graphs=None):
-        """``cuda_graphs``: replay the denoising loop from CUDA graphs (default: on for CUDA devices with the eager
-        and compile backends, whose engines run on torch's stream; ONNX Runtime and TensorRT run on their own)."""
-        super().__init__(engines)
-        self._cuda_graphs = cuda_graphs
-        self._engines_changed()
-
-    def _engines_changed(self):
-        cuda_graphs = self._cuda_graphs
-        if cuda_graphs is None:
-            cuda_graphs = self.engines.device.type == "cuda" and self.engines.backend in ("eager", "compile")
-        self._graphed = None
-        if cuda_graphs:
-            from .graphs import GraphedDenoiser
-
-            self._graphed = GraphedDenoiser(self.engines.unet, self.engines.device)
-
-    def _denoise(self, table, rows, z, context, callback=None, callback_steps=1, **source):
-        """The loop (rtcore.sampling.denoise), from a CUDA graph when enabled (a callback needs the plain loop: it
-        runs Python per step). A replay is one launch, so its progress bar moves once, by the whole loop."""
-        if self._graphed is not None and callback is None:
-            from .graphs import CaptureError
-
-            try:
-                with self.progress_bar(total=len(table.timesteps)) as bar:
-                    out = self._graphed(table, rows, z, context, self.engines.dtype, **source)
-                    bar.update(len(table.timesteps))
-                return out
-            except CaptureError as err:  # this engine's loop cannot be captured: fall back for good, say so once
-                # only a capture failure turns graphs off: any other error (out of memory included) is the caller's
-                warnings.warn(f"CUDA graph capture failed ({err}); running the denoising loop without graphs",
-                              stacklevel=3)
-                self._graphed = None
-        return super()._denoise(table, rows, z, context, callback, callback_steps, **source)
-
     # -- the two halves -----------------------------------------------------------------------------------------
 
     def prepare_source(self, pixels, sources, batch, strength, num_inference_steps, eta, num_images_per_prompt,

@@ -17,12 +17,18 @@ Failure. ``torch.cuda.graph`` cannot be used here: when the captured code raises
 ``capture_end()``, which raises again (the capture was invalidated) before the thread's stream is restored, so
 everything after it in that thread would run on the capture stream, and the error shown would be
 ``capture_end``'s rather than the cause. :func:`capture` ends a failed capture, always restores the stream, and
-raises :class:`CaptureError` from the cause. Running out of memory is not a capture failure: it propagates as is.
+raises :class:`CaptureError` from the cause. ``capture_end()`` also throws before it tells the caching allocator
+that the capture is over (``endAllocateToPool``, aten/src/ATen/cuda/CUDAGraph.cpp), and while the allocator
+believes a capture is underway it defers every free until none is: :func:`capture` ends that too. Running out of
+memory is not a capture failure: it propagates as is, and the pipeline falls back to the plain loop
+(``Pipeline._denoise``).
 """
 
+import dataclasses
 import threading
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import cuda  # the only CUDA surface used here; tests without a GPU put a stub of it in its place
 
@@ -61,19 +67,33 @@ def capture(run, inputs, device):
             try:
                 outputs = run(**inputs)
             except BaseException as cause:
-                try:
-                    graph.capture_end()  # ends the invalidated capture; its error only repeats that it failed
-                except RuntimeError:
-                    pass
+                _end_failed_capture(graph, pool, device)
                 if isinstance(cause, torch.OutOfMemoryError) or not isinstance(cause, Exception):
                     raise
                 raise CaptureError(f"{type(cause).__name__}: {cause}") from cause
             try:
                 graph.capture_end()
             except RuntimeError as err:
+                _end_allocation_to_pool(pool, device)
                 raise CaptureError(f"{type(err).__name__}: {err}") from err
         caller.wait_stream(stream)
     return graph, outputs
+
+
+def _end_failed_capture(graph, pool, device):
+    try:
+        graph.capture_end()  # ends the invalidated capture; its error only repeats that it failed
+    except RuntimeError:
+        _end_allocation_to_pool(pool, device)
+
+
+def _end_allocation_to_pool(pool, device):
+    """What ``capture_end()`` skips when it throws: the allocator's end of routing the capture to ``pool``."""
+    index = device.index if device.index is not None else cuda.current_device()
+    try:
+        cuda.memory._cuda_endAllocateToPool(index, pool)
+    except RuntimeError:  # "not currently recording to mempool_id": capture_end got that far after all
+        pass
 
 
 class _Graph:
@@ -108,16 +128,16 @@ class GraphedDenoiser:
     def __call__(self, table, rows, z, context, dtype, *, x0=None, step_noise=None, residuals=None):
         # a static input like the others: the graph must own the memory its kernels read
         inputs = {"z": z, "context": context, "timesteps": torch.as_tensor(table.timesteps, device=self.device)}
-        if x0 is not None:
-            inputs.update(x0=x0, step_noise=step_noise)
+        for name, value in (("x0", x0), ("step_noise", step_noise)):
+            if value is not None:
+                inputs[name] = value
         if residuals is not None:
             inputs["residuals"] = list(residuals)
-        # every table scalar is baked into the captured kernels, so all of them are part of the key
-        key = (tuple(getattr(table, f).tobytes() for f in ("timesteps", "a_t", "b_t", "a_prev", "sigma", "c",
-                                                              "draws_noise")),
-               table.prediction_type, table.clip_sample, rows, str(dtype),
-               tuple((k, tuple(v.shape) if torch.is_tensor(v) else (len(v), tuple(v[0].shape)))
-                     for k, v in sorted(inputs.items())))
+        # every scalar of the table (a StepTable or a DPMTable) is baked into the captured kernels: all are the key
+        key = (type(table).__name__, tuple(v.tobytes() if isinstance(v, np.ndarray) else v
+                                           for v in (getattr(table, f.name) for f in dataclasses.fields(table))),
+               rows, str(dtype), tuple((k, tuple(v.shape) if torch.is_tensor(v) else (len(v), tuple(v[0].shape)))
+                                       for k, v in sorted(inputs.items())))
 
         def run(**static):
             return denoise(self.unet, table, rows, static["z"], static["context"], dtype, x0=static.get("x0"),

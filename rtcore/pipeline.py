@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .engines import BACKENDS, DTYPE_NAMES, Engines, eager_engines, resolve_device, resolve_dtype, resolve_int8
+from .graphs import CaptureError, GraphedDenoiser
 from .images import postprocess
 from .manifest import MANIFEST, read_manifest, rebuild_command, validate
 from .sampling import denoise, draw_noise
@@ -116,11 +117,16 @@ def stage(timings, name, device):
 
 
 class Pipeline:
-    def __init__(self, engines: Engines):
+    def __init__(self, engines: Engines, cuda_graphs=None):
+        """``cuda_graphs``: replay the denoising loop of calls without a callback from CUDA graphs (default: on for
+        CUDA devices with the eager and compile backends, whose engines run on torch's stream; ONNX Runtime and
+        TensorRT run on their own)."""
         self.engines = engines
         self.safety = None  # an rtcore.safety.Safety (from_pretrained(safety_checker=True)), or None: off
         self.source_path = None  # the checkpoint folder or engine directory this pipeline came from
         self._progress_bar_config = {}  # tqdm options of the denoising bar (set_progress_bar_config)
+        self._cuda_graphs = cuda_graphs
+        self._engines_changed()
 
     # -- what diffusers users call on a pipeline ----------------------------------------------------------------
 
@@ -179,13 +185,38 @@ class Pipeline:
         return f"{what}; rebuild it for them with: {command}, then load that"
 
     def _engines_changed(self):
-        """Called when ``to`` has replaced the engines: subclasses drop what they derived from the old ones."""
+        """Derives what depends on the engines (the CUDA-graph denoiser), at first and whenever ``to`` moves them."""
+        cuda_graphs = self._cuda_graphs
+        if cuda_graphs is None:
+            cuda_graphs = self.engines.device.type == "cuda" and self.engines.backend in ("eager", "compile")
+        self._graphed = GraphedDenoiser(self.engines.unet, self.engines.device) if cuda_graphs else None
 
     def _denoise(self, table, rows, z, context, callback=None, callback_steps=1, **inputs):
-        """The loop (rtcore.sampling.denoise) on this pipeline's UNet, with its progress bar."""
-        with self.progress_bar(total=len(table.timesteps)) as bar:
+        """The loop (rtcore.sampling.denoise) of every sampler, with the pipeline's progress bar. Replayed from a
+        CUDA graph when graphs are on and no callback is given (a callback runs Python per step); a replay is one
+        launch, so its bar moves once, by the whole loop. A loop that cannot be captured, or a capture that runs
+        out of memory, turns graphs off for good with one warning, and the plain loop runs instead."""
+        total = len(table.timesteps)
+        graphed = self._graphed  # another thread may turn graphs off meanwhile
+        with self.progress_bar(total=total) as bar:
+            if graphed is not None and callback is None:
+                try:
+                    out = graphed(table, rows, z, context, self.engines.dtype, **inputs)
+                    bar.update(total)
+                    return out
+                except (CaptureError, torch.OutOfMemoryError) as err:
+                    self._graphs_off(err)
             return denoise(self.engines.unet, table, rows, z, context, self.engines.dtype, callback=callback,
                            callback_steps=callback_steps, progress=bar.update, **inputs)
+
+    def _graphs_off(self, err):
+        if self._graphed is None:
+            return  # another call has said so already
+        self._graphed = None  # its graphs, and with them their share of the memory pool, go with it
+        what = "capture failed" if isinstance(err, CaptureError) else "ran out of memory"
+        warnings.warn(f"CUDA graph {what} ({err}); running the denoising loop without graphs from now on",
+                      stacklevel=4)
+        torch.cuda.empty_cache()  # what the pool held goes back to the device for the plain loop
 
     @classmethod
     def from_pretrained(cls, path, backend=None, device="cpu", dtype=None, kernels=False, int8=False, height=None,

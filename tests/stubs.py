@@ -13,16 +13,25 @@ class StubCuda:
     """Stands in for the part of ``torch.cuda`` that :mod:`rtcore.graphs` calls, on a machine without a GPU.
 
     It keeps what the real runtime keeps: each thread's current stream (``stream()`` restores it on exit, as
-    torch's StreamContext does) and the capture state. Its graphs behave as CUDA does: ``sync()`` (what
-    ``.item()`` does) during a capture raises and invalidates the capture, ``capture_end()`` of an invalidated
-    capture raises again, and ``capture_end()`` on another stream than ``capture_begin()``'s raises, as torch's does.
+    torch's StreamContext does), the capture state, and the pools the caching allocator routes a capture's
+    allocations to. Its graphs behave as CUDA does: ``sync()`` (what ``.item()`` does) during a capture raises and
+    invalidates the capture, ``capture_end()`` of an invalidated capture raises again, before it ends the
+    allocator's routing (as torch's does), and ``capture_end()`` on another stream than ``capture_begin()``'s
+    raises.
     """
 
     def __init__(self):
         self.default = self.current = _StubStream("default stream")
         self.capturing = None
-        self.current_device = 0
+        self.device_index = 0  # the thread's current device
         self.streams = {}  # device → streams made for it
+        self.routed_pools = []  # the caching allocator's captures underway (beginAllocateToPool's list)
+        self.memory = types.SimpleNamespace(_cuda_endAllocateToPool=self._end_allocate_to_pool)
+
+    def _end_allocate_to_pool(self, device, pool):
+        if pool not in self.routed_pools:
+            raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
+        self.routed_pools.remove(pool)
 
     def graph_pool_handle(self):
         return object()
@@ -45,11 +54,14 @@ class StubCuda:
 
     @contextlib.contextmanager
     def device(self, device):
-        previous, self.current_device = self.current_device, torch.device(device).index
+        previous, self.device_index = self.device_index, torch.device(device).index
         try:
             yield
         finally:
-            self.current_device = previous
+            self.device_index = previous
+
+    def current_device(self):
+        return self.device_index
 
     def synchronize(self, device=None):
         pass
@@ -74,14 +86,16 @@ class _StubGraph:
 
     def capture_begin(self, pool=None, capture_error_mode="global"):
         assert self.cuda.current != self.cuda.default, "CUDA graphs must be captured on a non-default stream"
-        self.stream, self.cuda.capturing = self.cuda.current, self
+        self.stream, self.cuda.capturing, self.pool = self.cuda.current, self, pool
+        self.cuda.routed_pools.append(pool)
 
     def capture_end(self):
         if self.cuda.current != self.stream:
             raise RuntimeError("Capture must end on the same stream it began on.")
         self.cuda.capturing = None
-        if self.invalidated:
+        if self.invalidated:  # cudaStreamEndCapture fails: torch throws before endAllocateToPool
             raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+        self.cuda.routed_pools.remove(self.pool)
 
     def replay(self):
         pass

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rtcore import CycleDiffusion
+from rtcore.bench.common import HALF_PRECISION_PIXEL_TOLERANCE
 from rtcore.sampling import Rows, denoise
 from rtcore.schedule import step_table
 
@@ -27,7 +28,7 @@ def _edit(pipe, image, seed=0, **kwargs):
     return pipe(image=image, generator=torch.Generator().manual_seed(seed), **ARGS, **kwargs).images
 
 
-def _close(a, b, tol=2e-2):
+def _close(a, b, tol=HALF_PRECISION_PIXEL_TOLERANCE):
     assert np.isfinite(a).all() and np.isfinite(b).all()
     err = np.abs(a - b).max()
     print(f"max abs pixel difference {err:.2e}")

@@ -8,6 +8,7 @@ recorded. The gpu tier repeats the check on CUDA with ``torch.cuda.set_sync_debu
 """
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -123,6 +124,7 @@ def test_a_failed_capture_restores_the_stream_and_names_the_cause(stub_cuda):
     assert "previous error" not in str(info.value) and "not permitted" in str(info.value.__cause__)
     assert stub_cuda.current == stub_cuda.default  # the caller is back on its own stream
     assert stub_cuda.capturing is None  # and the capture is over
+    assert stub_cuda.routed_pools == []  # and the allocator no longer routes (nor defers frees) for it
 
 
 def test_out_of_memory_in_a_capture_is_not_a_capture_failure(stub_cuda):
@@ -137,6 +139,7 @@ def test_out_of_memory_in_a_capture_is_not_a_capture_failure(stub_cuda):
         capture(run, {"x": torch.ones(1)}, torch.device("cuda", 0))
     assert not isinstance(info.value, CaptureError)
     assert stub_cuda.current == stub_cuda.default and stub_cuda.capturing is None
+    assert stub_cuda.routed_pools == []
 
 
 def test_one_capture_stream_per_device(stub_cuda):
@@ -152,8 +155,10 @@ EDIT = dict(prompt="An astronaut riding an elephant", source_prompt="An astronau
             num_inference_steps=4, strength=0.5, output_type="np")
 
 
-def test_the_pipeline_falls_back_only_when_capture_fails(pipe, image, stub_cuda):
-    """A capture failure turns graphs off with a warning that gives the cause; an OOM is raised and keeps them."""
+def test_the_pipeline_falls_back_when_capture_fails_or_runs_out_of_memory(pipe, image, stub_cuda):
+    """A capture failure, or a capture that runs out of memory, turns graphs off for good with one warning that
+    gives the cause, and the call returns the plain loop's result (an OOM used to re-run warm-up and capture on
+    every later call)."""
     from rtcore import CycleDiffusion
     from rtcore.graphs import GraphedDenoiser
 
@@ -161,20 +166,58 @@ def test_the_pipeline_falls_back_only_when_capture_fails(pipe, image, stub_cuda)
         stub_cuda.sync()
         return pipe.engines.unet(*args)
 
-    graphed = CycleDiffusion(pipe.engines, cuda_graphs=False)
-    graphed._graphed = GraphedDenoiser(syncing_unet, torch.device("cpu"))
-    with pytest.warns(UserWarning, match="capture failed .*not permitted when stream is capturing"):
-        got = graphed(image=image, generator=torch.Generator().manual_seed(0), **EDIT).images
-    assert graphed._graphed is None and stub_cuda.current == stub_cuda.default
-    want = pipe(image=image, generator=torch.Generator().manual_seed(0), **EDIT).images
-    np.testing.assert_array_equal(got, want)
-
     def oom_unet(*args):
         if stub_cuda.capturing is not None:
-            raise torch.OutOfMemoryError("CUDA out of memory")
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return pipe.engines.unet(*args)
 
-    graphed._graphed = GraphedDenoiser(oom_unet, torch.device("cpu"))
-    with pytest.raises(torch.OutOfMemoryError):
-        graphed(image=image, generator=torch.Generator().manual_seed(0), **EDIT)
-    assert graphed._graphed is not None and stub_cuda.current == stub_cuda.default
+    want = pipe(image=image, generator=torch.Generator().manual_seed(0), **EDIT).images
+    for unet, message in ((syncing_unet, "capture failed .*not permitted when stream is capturing"),
+                          (oom_unet, "ran out of memory .*Tried to allocate")):
+        graphed = CycleDiffusion(pipe.engines, cuda_graphs=False)
+        graphed._graphed = GraphedDenoiser(unet, torch.device("cpu"))
+        with pytest.warns(UserWarning, match=message):
+            got = graphed(image=image, generator=torch.Generator().manual_seed(0), **EDIT).images
+        assert graphed._graphed is None and stub_cuda.current == stub_cuda.default and not stub_cuda.routed_pools
+        np.testing.assert_array_equal(got, want)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once: the next call runs the plain loop without a word
+            np.testing.assert_array_equal(
+                graphed(image=image, generator=torch.Generator().manual_seed(0), **EDIT).images, want)
+
+
+def test_every_sampler_replays_graphs_unless_a_callback_is_given(pipe, image, stub_cuda):
+    """Which calls replay CUDA graphs (README, DESIGN §4): every pipeline call without a callback, in every mode;
+    a call with one (the service's cancellation check, a user's) runs the plain loop. The stub's replay is a
+    no-op, so each graphed call here is a first capture, whose outputs the loop computes for real."""
+    from rtcore import CycleDiffusion, StableDiffusion
+    from rtcore.graphs import GraphedDenoiser
+
+    cycle, sd = CycleDiffusion(pipe.engines, cuda_graphs=False), StableDiffusion(pipe.engines, cuda_graphs=False)
+    plain_cycle, plain_sd = CycleDiffusion(pipe.engines, cuda_graphs=False), StableDiffusion(pipe.engines)
+    for p in (cycle, sd, plain_cycle, plain_sd):
+        p.set_progress_bar_config(disable=True)
+    graphed = cycle._graphed = sd._graphed = GraphedDenoiser(pipe.engines.unet, torch.device("cpu"))
+    seed = dict(generator=torch.Generator().manual_seed(0))
+    calls = {
+        "edit": lambda p: p(image=image, **EDIT, **seed).images,
+        "encode + edit": lambda p: p.edit(p.encode(image=image, source_prompt="a horse", num_inference_steps=6,
+                                                   **seed), prompt="a zebra", output_type="np").images,
+        "text_to_image ddim": lambda p: p.text_to_image("a", height=32, width=32, num_inference_steps=3, eta=0.5,
+                                                        output_type="np", **seed).images,
+        "text_to_image dpm++": lambda p: p.text_to_image("a", height=32, width=32, num_inference_steps=3,
+                                                         scheduler="dpm++2m", output_type="np", **seed).images,
+        "img2img": lambda p: p.img2img("a", image=image, num_inference_steps=5, output_type="np", **seed).images,
+    }
+    for name, call in calls.items():
+        captured = len(graphed.graphs)
+        pipes = (cycle, plain_cycle) if "edit" in name else (sd, plain_sd)
+        seed["generator"].manual_seed(0)
+        got = call(pipes[0])
+        seed["generator"].manual_seed(0)
+        np.testing.assert_array_equal(got, call(pipes[1]), err_msg=name)
+        assert len(graphed.graphs) == captured + (2 if name == "encode + edit" else 1), name
+    captured = len(graphed.graphs)
+    cycle(image=image, **dict(EDIT, num_inference_steps=7), callback=lambda *_: None, **seed)
+    sd.text_to_image("a", height=32, width=32, num_inference_steps=3, output_type="np", callback=lambda *_: None)
+    assert len(graphed.graphs) == captured  # a callback runs Python per step: the plain loop

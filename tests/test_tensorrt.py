@@ -33,9 +33,9 @@ def test_tensorrt_model_deserialises_and_runs_on_its_own_device(monkeypatch, tmp
 
     cuda = StubCuda()
     monkeypatch.setattr(backends, "cuda", cuda)
-    monkeypatch.setitem(sys.modules, "tensorrt", stub_tensorrt(11, current_device=lambda: cuda.current_device))
+    monkeypatch.setitem(sys.modules, "tensorrt", stub_tensorrt(11, current_device=cuda.current_device))
     (tmp_path / "model.plan").write_bytes(b"plan")
     model = backends.TensorRTModel(tmp_path / "model.plan", ("sample",), ("out",), torch.device("cuda", 1))
     assert model.engine.device == 1 and model.context.device == 1
-    assert cuda.current_device == 0  # the caller's device is current again
+    assert cuda.current_device() == 0  # the caller's device is current again
     assert model.dtypes == {"sample": torch.float16, "out": torch.float16}

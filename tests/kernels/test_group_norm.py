@@ -27,7 +27,7 @@ def _inputs(shape, dtype, device, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("silu,use_residual,affine", [(False, False, False), (True, False, True), (True, True, True)])
 def test_group_norm_matches_reference(dtype, atol, rtol, shape, groups, channels_last, silu, use_residual, affine):
-    x, weight, bias, residual = _inputs(shape, dtype, "cpu", channels_last)
+    x, weight, bias, residual = _inputs(shape, dtype, None, channels_last)  # None: the fixture's device
     kwargs = dict(weight=weight if affine else None, bias=bias if affine else None, eps=1e-5, silu=silu,
                   residual=residual if use_residual else None)
     out = group_norm(x, groups, **kwargs)
@@ -44,7 +44,7 @@ def test_channels_last_tiles(shape, groups):
     power of two, and many pixel chunks with a partial last one (990 pixels in chunks of 64)."""
     from rtcore.kernels.group_norm import channels_last_config
 
-    x, weight, bias, residual = _inputs(shape, torch.float32, "cpu", channels_last=True)
+    x, weight, bias, residual = _inputs(shape, torch.float32, None, channels_last=True)
     residual = residual.to(memory_format=torch.channels_last)
     kwargs = dict(weight=weight, bias=bias, eps=1e-5, silu=True, residual=residual)
     out = group_norm(x, groups, **kwargs)
