@@ -189,21 +189,29 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         args = dict(prompt=["An astronaut riding an elephant"] * batch,
                     source_prompt=["An astronaut riding a horse"] * batch, image=[image] * batch,
                     num_inference_steps=steps, strength=strength, guidance_scale=guidance_scale, output_type="np")
-        calls, warmup, memory, built, sources = {}, {}, {}, {}, {}
+        calls, warmup, memory, built, sources, failed = {}, {}, {}, {}, {}, {}
         for name in names:  # one pipeline at a time, so that the memory it adds is its own
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()  # the previous pipeline's cached blocks are not counted as this one's
             before = memory_mb(device)
-            sources[name], built[name] = (_rtcore(name[7:], checkpoint, tmp, device, torch_dtype, size, batch)
-                                          if name.startswith("rtcore ") else (checkpoint, 0.0))
-            pipes[name], cold[name] = _load(name, sources[name], device, torch_dtype)
-            calls[name] = synchronized(lambda p=pipes[name]: p(
-                generator=[torch.Generator().manual_seed(k) for k in range(batch)], **args), device)
-            start = time.perf_counter()
-            calls[name]()
-            warmup[name] = time.perf_counter() - start
+            try:
+                sources[name], built[name] = (_rtcore(name[7:], checkpoint, tmp, device, torch_dtype, size, batch)
+                                              if name.startswith("rtcore ") else (checkpoint, 0.0))
+                pipes[name], cold[name] = _load(name, sources[name], device, torch_dtype)
+                calls[name] = synchronized(lambda p=pipes[name]: p(
+                    generator=[torch.Generator().manual_seed(k) for k in range(batch)], **args), device)
+                start = time.perf_counter()
+                calls[name]()
+                warmup[name] = time.perf_counter() - start
+            except Exception as err:  # a pipeline that cannot build, load or edit is a FAILED row; the rest go on
+                failed[name] = f"{type(err).__name__}: {err}"
+                pipes.pop(name, None), calls.pop(name, None)
+                continue
             # weights, engines, workspaces, graph pools and the allocator's cache after one edit: what it holds
             memory[name] = [None if b is None or a is None else a - b for a, b in zip(memory_mb(device), before)]
+        every_name, names = names, [n for n in names if n not in failed]
+        if not names:
+            raise RuntimeError(f"every pipeline failed: {failed}")
         times, outputs = {n: [] for n in names}, {}
         for r in range(runs):
             for name in names if r % 2 == 0 else names[::-1]:
@@ -232,10 +240,11 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         flops = {"rtcore": stage_flops(checkpoint, size, size, 3 if guidance_scale > 1 else 2, 3, k),
                  "diffusers": stage_flops(checkpoint, size, size, 4 if guidance_scale > 1 else 2, 4, k)}
 
-    reference = outputs[names[0]].images
+    reference = outputs[names[0]].images  # rtcore eager's, unless it failed
     hdr = header(device)
     results = {}
-    base = summarize(times[names[-1]])["median_ms"] if peers else None
+    baseline = every_name[-1] if peers else None
+    base = summarize(times[baseline])["median_ms"] if baseline in times else None
     for name in names:
         t = summarize(times[name])
         stage_ms = {s: stages[name].get(s, 0.0) * 1e3 for s in STAGES}
@@ -259,13 +268,14 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
             device_memory_mb=memory[name][0], host_rss_mb=memory[name][1],
             ratio_vs_baseline=total_ms / base if base else None,
             max_abs_err_vs_rtcore_eager=err, correct=bool(correct))
+    results.update({name: {"error": error, "correct": False} for name, error in failed.items()})
     return {
         "benchmark": "bench_edit",
         "header": hdr,
         "settings": dict(preset=preset, size=size, steps=steps, strength=strength, guidance_scale=guidance_scale,
                          batch=batch, dtype=dtype, runs=runs, threads=torch.get_num_threads(),
                          checkpoint=str(checkpoint) if checkpoint_given else None,
-                         baseline=names[-1] if peers else None, flops=flops),
+                         baseline=baseline, reference=names[0], flops=flops),
         "results": results,
     }
 

@@ -16,6 +16,9 @@ def markdown(report):
              "", f"| pipeline | median ms | p20 ms | p80 ms | × {s['baseline'] or 'baseline'} | max abs err vs rtcore "
              "eager | PSNR dB | build s | load s | first edit ms | device MiB | host RSS MiB |", "|---" * 12 + "|"]
     for name, r in report["results"].items():
+        if "error" in r:  # it could not build, load or edit: the others were measured without it
+            lines.append(f"| {name} | **FAILED**: {r['error']} |" + " |" * 10)
+            continue
         err = f"{r['max_abs_err_vs_rtcore_eager']:.1e}" + ("" if r["correct"] else " **WRONG**")
         lines.append(f"| {name} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | {r['p80_ms']:.1f} | "
                      f"**{_fmt(r['ratio_vs_baseline'], '.3f')}** | {err} | {_fmt(r.get('psnr_db_vs_rtcore_eager'))} | "
@@ -35,7 +38,7 @@ def markdown(report):
               "", "Stage breakdown (ms; diffusers' denoise is its UNet calls, the rest of its loop is host overhead):",
               "", "| pipeline | " + " | ".join(STAGE_ORDER) + " | per step | denoise TFLOP/s | denoise % of peak |",
               "|---|" + "---|" * (len(STAGE_ORDER) + 3)]
-    for name, r in report["results"].items():
+    for name, r in measured(report).items():
         st = r["stages_ms"]
         frac = (r["fraction_of_peak"] or {}).get("denoise")
         lines.append(f"| {name} | " + " | ".join(f"{st[k]:.1f}" for k in STAGE_ORDER) +
@@ -46,6 +49,11 @@ def markdown(report):
     return "\n".join(lines)
 
 
+def measured(report):
+    """The results of the pipelines that ran (a failed one carries only its error)."""
+    return {name: r for name, r in report["results"].items() if "error" not in r}
+
+
 def chart(report, path):
     """A horizontal stacked bar per pipeline: median time split by stage."""
     import matplotlib
@@ -53,7 +61,7 @@ def chart(report, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(report["results"])
+    names = list(measured(report))
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(names)))
     left = [0.0] * len(names)
     for stage in STAGE_ORDER:
@@ -76,7 +84,10 @@ def compare(old, new):
     flagged = []
     for name, r in new["results"].items():
         before = old.get("results", {}).get(name)
-        if before is None:
+        if "error" in r:
+            flagged.append(f"{name}: failed ({r['error']})")
+            continue
+        if before is None or "error" in before:
             continue
         if r["median_ms"] > REGRESSION * before["median_ms"]:
             flagged.append(f"{name}: {before['median_ms']:.1f} → {r['median_ms']:.1f} ms")

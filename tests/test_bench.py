@@ -114,3 +114,17 @@ def test_unet_row_benchmark_times_every_cpu_engine(tiny_sd1, onnx_dir, tmp_path)
     assert report["settings"]["gemm_gflops"]["fp32"] > 1 and report["settings"]["unet_gflop_per_row"][8] > 0
     assert set(report["results"]["openvino-fp32"]["latents"]) == {8, 4}  # one engine, two latent sizes
     assert "| openvino-int8 | 8×8 |" in (tmp_path / "unet_row.md").read_text()
+
+
+def test_a_pipeline_that_fails_is_a_failed_row_and_the_rest_are_measured(tmp_path):
+    """A guard per pipeline: one that cannot build (bf16 ONNX is refused) must not take the run down after the
+    other pipelines' builds, as the first GPU run's SD 1.5 step would have."""
+    from rtcore.bench.report import chart, markdown
+
+    report = main(["--preset", "tiny", "--backends", "eager,onnx@bf16", "--peers", "", "--steps", "4", "--runs", "1",
+                   "--out", str(tmp_path)])
+    failed, eager = report["results"]["rtcore onnx@bf16"], report["results"]["rtcore eager"]
+    assert "dtype bf16 cannot be built for the onnx backend" in failed["error"] and not failed["correct"]
+    assert eager["correct"] and eager["median_ms"] > 0
+    assert "| rtcore onnx@bf16 | **FAILED**: ValueError: dtype bf16" in markdown(report)
+    assert chart(report, tmp_path / "chart.png").stat().st_size > 0

@@ -71,32 +71,58 @@ def test_generate_and_img2img(tiny_sd1, input_png, tmp_path):
     assert result.returncode == 2 and "--overwrite" in result.stderr
 
 
-def test_selfcheck_without_a_gpu_prints_its_plan_and_exits_0(capsys):
-    """CI's path through `rtcore selfcheck --device cuda`: no CUDA here, so it says what it would run, runs
-    nothing and leaves docs/BENCHMARKS.md alone."""
-    from rtcore.bench.selfcheck import DOCS
+def test_selfcheck_without_a_gpu_prints_every_stage_and_exits_0(capsys):
+    """CI's path through `rtcore selfcheck --device cuda`: no CUDA here, so it prints the plan of every stage, with
+    what each runs and its estimate, runs nothing and leaves docs/BENCHMARKS.md alone."""
+    from rtcore.bench.selfcheck import DOCS, STAGES
     from rtcore.cli import main
 
     before = DOCS.read_text()
     assert main(["selfcheck", "--device", "cuda"]) == 0
     out = capsys.readouterr().out
-    assert "no CUDA device here" in out
-    for step in ("gpu tests", "drift", "graphs", "kernels", "sd15", "sd21", "docs"):
-        assert f". {step}: " in out
-    assert "--peers diffusers-compile,diffusers" in out and DOCS.read_text() == before
+    assert "no CUDA device here" in out and DOCS.read_text() == before
+    for k, stage in enumerate(STAGES, 1):
+        assert f"  {k}. {stage.name} (~{stage.estimate_s / 60:.1f} min): " in out
+        assert stage.estimate_s <= 8 * 60, stage  # each fits a 10-minute call with room to spare
+    assert "--backends compile --peers diffusers" in out and "--peers diffusers-compile,diffusers" in out
+    assert "--preset sd21 --size 512" in out  # SD 2.1 at 512² unless 768² is asked for
 
 
-def test_selfcheck_writes_only_between_its_markers(tmp_path):
-    from rtcore.bench.selfcheck import DOCS, END, START, markdown, psnr, write_gpu_sections
+def test_selfcheck_budget_skips_what_will_not_fit_and_says_so(capsys):
+    from rtcore.bench.selfcheck import BY_NAME, main
+
+    budget = BY_NAME["tests"].estimate_s + BY_NAME["kernels"].estimate_s + 10
+    assert main(["--dry-run", "--stage", "tests,drift,kernels", "--budget-s", str(budget), "--sd21-size", "768"]) == 0
+    out = capsys.readouterr().out
+    assert "1. tests (" in out and "3. kernels (" in out and "skipped" not in out.split("3. kernels")[1].split("\n")[0]
+    drift = out.split("2. drift")[1].split("\n")[0]
+    assert f"skipped: its estimate {BY_NAME['drift'].estimate_s} s exceeds the" in drift
+    with pytest.raises(SystemExit):
+        main(["--dry-run", "--stage", "sd14"])
+
+
+def test_selfcheck_writes_each_stage_between_its_own_markers(tmp_path):
+    from rtcore.bench.selfcheck import DOCS, END, START, markdown, psnr, write_section
 
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text(DOCS.read_text())
-    hdr = {"device_name": "NVIDIA H100 80GB HBM3", "device": "cuda", "date": "2026-11-23", "git_revision": "abc",
-           "versions": {"torch": "2.13.0", "triton": "3.9.0", "onnxruntime": "1.31.1"}}
-    results = {"gpu tests": "passed", "drift": ([("eager", "fp16", psnr([0.5], [0.5 + 1e-3]), "ok")],
-                                                [("eager", 3, "ok")])}
-    write_gpu_sections(markdown(hdr, results), doc)
+    hdr = {"device_name": "NVIDIA H100 80GB HBM3", "device": "cuda", "date": "2026-12-07", "git_revision": "abc",
+           "versions": {"torch": "2.13.0", "triton": "3.9.0", "onnxruntime": "1.32.0"}}
+    drift = {"drift": [("eager", "fp16", psnr([0.5], [0.5 + 1e-3]), "ok"), ("onnx", "fp16", None, "FAILED: x")],
+             "graphs": [("eager", "fp16", 3, "ok")]}
+    write_section("drift", markdown("drift", hdr, drift, 61.0), doc)
+    write_section("tests", markdown("tests", hdr, {"rows": [("gpu tier", "passed", "7 passed")]}, 5.0), doc)
     text = doc.read_text()
-    assert text.split(START)[0] == DOCS.read_text().split(START)[0]
-    assert text.split(END)[1] == DOCS.read_text().split(END)[1]
-    assert "| eager | fp16 | 60.0 | ok |" in text and "NVIDIA H100 80GB HBM3" in text
+
+    def outside(document):  # the document with the two stages' sections cut out
+        for stage in ("drift", "tests"):
+            head, rest = document.split(START.format(stage))
+            document = head + rest.split(END.format(stage))[1]
+        return document
+
+    assert outside(text) == outside(DOCS.read_text())  # nothing outside a stage's markers moves
+    assert "| eager | fp16 | 60.0 | ok |" in text and "| onnx | fp16 | — | FAILED: x |" in text
+    assert "NVIDIA H100 80GB HBM3" in text and "| gpu tier | passed | 7 passed |" in text
+    write_section("drift", "### drift\n\nagain\n", doc)  # a rerun replaces its section only
+    again = doc.read_text()
+    assert "again" in again and "60.0" not in again and "| gpu tier | passed |" in again
