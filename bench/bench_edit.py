@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import HALF_PRECISION_PIXEL_TOLERANCE, header, memory_mb, peak_rss_mb, psnr, summarize, synchronized
+from rtcore.metrics import psnr
+
+from .common import HALF_PRECISION_PIXEL_TOLERANCE, header, memory_mb, peak_rss_mb, summarize, synchronized
 
 PRESETS = {  # preset → (image side, random checkpoint dtype on disk)
     "tiny": (64, torch.float32),

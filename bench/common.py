@@ -8,7 +8,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 # Two runs of one edit in half precision (another backend, kernel or fusion order, at fp16 or bf16) differ by
@@ -67,12 +66,6 @@ def summarize(seconds):
     ms = sorted(s * 1e3 for s in seconds)
     q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
     return {"median_ms": statistics.median(ms), "p20_ms": q[1], "p80_ms": q[7], "runs": len(ms)}
-
-
-def psnr(got, want, peak=1.0):
-    """PSNR in dB of ``got`` against ``want`` (numpy arrays or tensors) for signals of range ``peak``; inf if equal."""
-    mse = float(((np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
 
 
 def peak_rss_mb():

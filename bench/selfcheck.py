@@ -22,6 +22,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from rtcore.metrics import psnr
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
 START, END = "<!-- selfcheck:{}:start -->", "<!-- selfcheck:{}:end -->"
@@ -110,14 +112,6 @@ def describe(stage, avail, device, sd21_size=512):
     preset, size, backends, peers = benchmark(stage, avail, device, sd21_size)
     return (f"rtcore bench --preset {preset} --size {size} --device {device} --dtype fp16 "
             f"--backends {','.join(backends)} --peers {','.join(peers)} --runs 3")
-
-
-def psnr(a, b):
-    """PSNR in dB of images in [0, 1]; inf when equal."""
-    import numpy as np
-
-    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 # -- the stages ----------------------------------------------------------------------------------------------------

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import header, psnr
+from rtcore.metrics import psnr
+
+from .common import header
 
 ENGINES = ("diffusers-fp32", "eager-fp32", "eager-bf16", "onnx-fp32", "openvino-raw-f32", "openvino-raw-bf16",
            "openvino-fp32", "openvino-bf16", "openvino-int8", "openvino-int8-static", "compile-fp32", "compile-bf16")

@@ -47,8 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from rtcore import shapes
-from rtcore.bench.common import psnr
-from rtcore.bench.quality import colour_contrast
+from rtcore.metrics import colour_contrast, psnr
 from rtcore.prompts import tokenize
 
 from .checkpoint import load_text_encoder, load_unet, load_vae, resolve

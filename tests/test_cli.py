@@ -102,7 +102,8 @@ def test_selfcheck_budget_skips_what_will_not_fit_and_says_so(capsys):
 
 
 def test_selfcheck_writes_each_stage_between_its_own_markers(tmp_path):
-    from rtcore.bench.selfcheck import DOCS, END, START, markdown, psnr, write_section
+    from rtcore.bench.selfcheck import DOCS, END, START, markdown, write_section
+    from rtcore.metrics import psnr
 
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text(DOCS.read_text())

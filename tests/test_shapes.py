@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rtcore import shapes
-from rtcore.bench.common import psnr
+from rtcore.metrics import psnr
 
 
 def rgb(pixels):
@@ -300,9 +300,9 @@ def test_shipped_vae_holds_colour_as_quietly_on_grey(shipped):
     """What --colour-contrast trained into the shipped VAE: recolouring an object moves its latent far less than
     removing it, on grey (gradient) backgrounds as on white and black ones (0.16 on each here). The VAE shipped
     before it had about 0.7 on white and black and 1.7 on grey, where its colour edits did not take."""
-    from rtcore.bench.quality import colour_contrast
     from rtcore.export.checkpoint import load_vae
     from rtcore.export.train_shapes import CONTRAST_TARGET, colour_pairs
+    from rtcore.metrics import colour_contrast
 
     seeds = shapes.HELD_OUT_SEEDS[:60]
     scenes = [shapes.scene(k) for k in seeds]
