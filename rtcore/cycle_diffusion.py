@@ -76,7 +76,7 @@ class CycleDiffusion(Pipeline):
         sources = as_prompt_list(source_prompt, "source_prompt")
         pixels = preprocess(image, self.engines.vae_scale_factor)
         batch = batch_size(source_prompt=sources, image=[None] * pixels.shape[0])
-        rows = Rows("encode", source_guidance_scale=source_guidance_scale)
+        rows = Rows("source", source_guidance_scale=source_guidance_scale)
         timings = {}
         table, x0, z, step_noise, source_items = self.prepare_source(
             pixels, sources, batch, strength, num_inference_steps, eta, num_images_per_prompt, generator, timings)
@@ -95,7 +95,7 @@ class CycleDiffusion(Pipeline):
         output_type = check_output(output_type, return_dict, callback, callback_steps)
         targets = as_prompt_list(prompt, "prompt")
         n = batch_size(prompt=targets, source=[None] * source.num_items)
-        rows = Rows("decode", guidance_scale=guidance_scale)
+        rows = Rows("target", guidance_scale=guidance_scale)
         timings = {}
         with stage(timings, "text_encode", self.engines.device):
             context = self._context(rows, targets=broadcast(targets, n))

@@ -22,8 +22,8 @@ update with d = σ·n (a fresh draw), and DPM-Solver++(2M) replaces the DDIM mea
 | mode     | rows per item      | target update                      | used by                                   |
 |----------|--------------------|------------------------------------|-------------------------------------------|
 | "cycle"  | source + target    | x' = μ_tgt + (y' − μ_src)          | CycleDiffusion.__call__, pixel translation |
-| "encode" | source             | none: records y' − μ_src per step  | CycleDiffusion.encode                     |
-| "decode" | target             | x' = μ_tgt + recorded residual     | CycleDiffusion.edit, two-model translate  |
+| "source" | source             | none: records y' − μ_src per step  | CycleDiffusion.encode                     |
+| "target" | target             | x' = μ_tgt + recorded residual     | CycleDiffusion.edit, two-model translate  |
 | "ddim"   | target             | x' = μ_tgt (+ σ·n when η > 0)      | text_to_image (ddim), img2img (SDEdit)    |
 | "dpm++"  | target             | DPM-Solver++(2M) on x̂0            | text_to_image (dpm++2m)                   |
 
@@ -37,7 +37,7 @@ import torch
 
 from .schedule import DPMTable, StepTable
 
-MODES = ("cycle", "encode", "decode", "ddim", "dpm++")
+MODES = ("cycle", "source", "target", "ddim", "dpm++")  # "source"/"target": the two halves of an edit, apart
 
 
 # -- random draws ------------------------------------------------------------------------------------------------
@@ -145,11 +145,11 @@ class Rows:
 
     @property
     def source(self):
-        return self.mode in ("cycle", "encode")
+        return self.mode in ("cycle", "source")
 
     @property
     def target(self):
-        return self.mode != "encode"
+        return self.mode != "source"
 
     @property
     def source_cfg(self):
@@ -197,14 +197,23 @@ class Rows:
 # -- the loop ----------------------------------------------------------------------------------------------------
 
 
+def check_table(table, mode):
+    """Every mode but "dpm++" steps by a DDIM :class:`~rtcore.schedule.StepTable`; "dpm++" by a
+    :class:`~rtcore.schedule.DPMTable`. A mismatch is named here, not an AttributeError deep in the loop."""
+    wanted = DPMTable if mode == "dpm++" else StepTable
+    if not isinstance(table, wanted):
+        raise ValueError(f"table: mode {mode!r} steps by a {wanted.__name__}, got a {type(table).__name__} "
+                         f"(schedule.{'dpm_table' if wanted is DPMTable else 'step_table'} makes the right one)")
+
+
 def denoise(unet, table, rows: Rows, z, context, dtype, *, x0=None, step_noise=None, residuals=None, callback=None,
             callback_steps=1, timesteps=None, progress=None):
     """Runs the denoising loop in ``rows.mode`` from the start ``z`` (N, C, h, w) float32. Returns (x, the
-    residual per step in mode "encode", else None).
+    residual per step in mode "source", else None).
 
-    - "cycle", "encode": ``x0`` (the clean source latents) and ``step_noise`` (one draw per
+    - "cycle", "source": ``x0`` (the clean source latents) and ``step_noise`` (one draw per
       :func:`noisy_steps` step) drive the source trajectory.
-    - "decode": ``residuals`` (one per step, from "encode") drive the target.
+    - "target": ``residuals`` (one per step, from "source") drive the target.
     - "ddim": ``step_noise`` holds one draw per step when η > 0, else None.
     - "dpm++": ``table`` is a :class:`~rtcore.schedule.DPMTable`.
 
@@ -213,10 +222,11 @@ def denoise(unet, table, rows: Rows, z, context, dtype, *, x0=None, step_noise=N
     ``progress``, when given, is called once per step after its UNet call (a progress bar's update), in every
     mode.
     """
+    check_table(table, rows.mode)
     if timesteps is None:
         timesteps = torch.as_tensor(table.timesteps, device=z.device)
     noise_at = {i: k for k, i in enumerate(noisy_steps(table))} if rows.source else {}
-    recorded = [] if rows.mode == "encode" else None
+    recorded = [] if rows.mode == "source" else None
     x = y = z
     previous_x0 = None  # dpm++: x̂0 of the previous step
     for i in range(len(table.timesteps)):
@@ -230,7 +240,7 @@ def denoise(unet, table, rows: Rows, z, context, dtype, *, x0=None, step_noise=N
             y = y_next
             if recorded is not None:
                 recorded.append(residual)
-        elif rows.mode == "decode":
+        elif rows.mode == "target":
             residual = residuals[i]
         elif rows.mode == "ddim" and step_noise is not None:
             residual = float(table.sigma[i]) * step_noise[i]

@@ -55,7 +55,7 @@ def _run(unet, table, rows):
     z = torch.empty(2, 4, 8, 8, device=meta)
     timesteps = torch.as_tensor(table.timesteps).to(meta)  # made outside the loop, as GraphedDenoiser does
     context = torch.empty(2 * rows.per_item, 77, 32, device=meta)
-    if rows.mode == "decode":
+    if rows.mode == "target":
         kwargs = dict(residuals=[torch.empty(2, 4, 8, 8, device=meta) for _ in range(len(table))])
     elif rows.mode == "ddim":
         kwargs = dict(step_noise=torch.empty(len(table), 2, 4, 8, 8, device=meta))
@@ -82,7 +82,7 @@ def test_the_loop_stays_on_the_device(pipe, meta_unets, unet_kind, mode, scales)
     assert kernel_ops <= probe.ops if unet_kind != "eager" else not kernel_ops & probe.ops
     assert probe.violations == []
     assert x.device.type == "meta"
-    assert (recorded is not None) == (mode == "encode")
+    assert (recorded is not None) == (mode == "source")
 
 
 def test_the_probe_catches_host_traffic(pipe, meta_unets):

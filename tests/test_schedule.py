@@ -102,3 +102,18 @@ def test_table_is_float64_and_on_cpu():
     for arr in (table.a_t, table.b_t, table.a_prev, table.sigma, table.c):
         assert isinstance(arr, np.ndarray) and arr.dtype == np.float64
     assert not any(torch.is_tensor(v) for v in vars(table).values())
+
+
+@pytest.mark.parametrize("mode", ["cycle", "source", "target", "ddim"])
+def test_a_table_of_the_wrong_kind_is_refused_naming_both(pipe, mode):
+    """A DPM table given to a DDIM mode, or a DDIM table to "dpm++", is named, not an AttributeError deep in the
+    loop."""
+    from rtcore.sampling import Rows, denoise
+    from rtcore.schedule import dpm_table, step_table
+
+    z = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=f"mode '{mode}' steps by a StepTable, got a DPMTable"):
+        denoise(pipe.engines.unet, dpm_table(pipe.engines.scheduler, 4), Rows(mode), z, None, torch.float32)
+    with pytest.raises(ValueError, match="mode 'dpm\\+\\+' steps by a DPMTable, got a StepTable"):
+        denoise(pipe.engines.unet, step_table(pipe.engines.scheduler, 4, 1.0, 0.0), Rows("dpm++"), z, None,
+                torch.float32)
