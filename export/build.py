@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from rtcore.embed import DEFAULT_EDIT, table_json, table_text
+from rtcore.cpp_request import DEFAULT_EDIT, table_json, table_text
 from rtcore.engines import DTYPE_NAMES, resolve_device, resolve_dtype, resolve_int8
 from rtcore.manifest import (
     BACKEND_DEPENDENCIES,

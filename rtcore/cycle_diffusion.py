@@ -56,7 +56,8 @@ class CycleDiffusion(Pipeline):
     def prepare_source(self, pixels, sources, batch, strength, num_inference_steps, eta, num_images_per_prompt,
                        generator, timings):
         """The source side before the loop: checks it, encodes and noises the images with every draw made
-        (rtcore.embed writes these for the C++ runner). Returns (table, x0, z, step_noise, source prompt per item)."""
+        (rtcore.cpp_request writes these for the C++ runner). Returns (table, x0, z, step_noise, source prompt per
+        item)."""
         eng = self.engines
         n = output_count(batch, num_images_per_prompt)
         self.check_size(*pixels.shape[2:], "image")

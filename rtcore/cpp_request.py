@@ -1,4 +1,4 @@
-"""The C++ embedding contract (cmake/): what a C++ service needs to run a CycleDiffusion edit on the
+"""The C++ runner's request format (cmake/): what a C++ service needs to run a CycleDiffusion edit on the
 AOTInductor packages of a ``compile`` engine directory, without Python or a JSON parser.
 
 A request directory holds plain files, all little-endian and C-ordered:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rtcore import load
+from rtcore.cpp_request import read_latents, table_text, write_request
 from rtcore.demo import sample_image
-from rtcore.embed import read_latents, table_text, write_request
 
 pytestmark = pytest.mark.slow
 
