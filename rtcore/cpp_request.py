@@ -57,8 +57,9 @@ def write_request(pipe, out_dir, image, source_prompt, prompt, num_inference_ste
     pixels = preprocess(image, pipe.engines.vae_scale_factor)
     if pixels.shape[0] != 1:
         raise ValueError("image: the C++ request format holds one image")
-    table, x0, z, step_noise, _ = pipe.prepare_source(pixels, [source_prompt], 1, strength, num_inference_steps,
-                                                      eta, 1, generator, {})
+    table, x0, z, step_noise, _ = pipe.prepare_source(
+        pixels, [source_prompt], batch=1, strength=strength, num_inference_steps=num_inference_steps, eta=eta,
+        num_images_per_prompt=1, generator=generator, timings={})
     ids = tokenize(pipe.engines.tokenizer, [source_prompt, "", prompt]).to(torch.int64)
     n, c, h, w = z.shape
     (out / "meta.txt").write_text(f"{n} {c} {h} {w} {step_noise.shape[0]} {guidance_scale!r} "

@@ -53,7 +53,7 @@ class EncodedSource:
 class CycleDiffusion(Pipeline):
     # -- the two halves -----------------------------------------------------------------------------------------
 
-    def prepare_source(self, pixels, sources, batch, strength, num_inference_steps, eta, num_images_per_prompt,
+    def prepare_source(self, pixels, sources, *, batch, strength, num_inference_steps, eta, num_images_per_prompt,
                        generator, timings):
         """The source side before the loop: checks it, encodes and noises the images with every draw made
         (rtcore.cpp_request writes these for the C++ runner). Returns (table, x0, z, step_noise, source prompt per
@@ -63,7 +63,8 @@ class CycleDiffusion(Pipeline):
         self.check_size(*pixels.shape[2:], "image")
         table = step_table(eng.scheduler, num_inference_steps, strength, eta)
         check_generator(generator, n)
-        x0, z, step_noise = self.noised_latents(pixels, n, generator, table, len(noisy_steps(table)), timings)
+        x0, z, step_noise = self.noised_latents(pixels, n=n, generator=generator, table=table,
+                                                num_step_draws=len(noisy_steps(table)), timings=timings)
         return table, x0, z, step_noise, broadcast(sources, n)
 
     def _context(self, rows, sources=(), targets=()):
@@ -80,7 +81,8 @@ class CycleDiffusion(Pipeline):
         rows = Rows("source", source_guidance_scale=source_guidance_scale)
         timings = {}
         table, x0, z, step_noise, source_items = self.prepare_source(
-            pixels, sources, batch, strength, num_inference_steps, eta, num_images_per_prompt, generator, timings)
+            pixels, sources, batch=batch, strength=strength, num_inference_steps=num_inference_steps, eta=eta,
+            num_images_per_prompt=num_images_per_prompt, generator=generator, timings=timings)
         with stage(timings, "text_encode", self.engines.device):
             context = self._context(rows, sources=source_items)
         with stage(timings, "denoise", self.engines.device), torch.inference_mode():
@@ -120,7 +122,8 @@ class CycleDiffusion(Pipeline):
         rows = Rows("cycle", guidance_scale, source_guidance_scale)
         timings = {}
         table, x0, z, step_noise, source_items = self.prepare_source(
-            pixels, sources, batch, strength, num_inference_steps, eta, num_images_per_prompt, generator, timings)
+            pixels, sources, batch=batch, strength=strength, num_inference_steps=num_inference_steps, eta=eta,
+            num_images_per_prompt=num_images_per_prompt, generator=generator, timings=timings)
         with stage(timings, "text_encode", self.engines.device):
             context = self._context(rows, source_items, broadcast(targets, len(source_items)))
         with stage(timings, "denoise", self.engines.device), torch.inference_mode():

@@ -284,7 +284,7 @@ class Pipeline:
         pipe.source_path = Path(engine_dir)  # engine directories carry the checkpoint's safety checker, if any
         return pipe
 
-    def noised_latents(self, pixels, n, generator, table, num_step_draws, timings):
+    def noised_latents(self, pixels, *, n, generator, table, num_step_draws, timings):
         """Encodes the images and noises them to the table's first timestep, with all draws made up front in
         diffusers' order (VAE sample, forward noise, then ``num_step_draws`` step draws: rtcore.sampling.draw_noise).
         Returns float32 device tensors x0, z (N, C, h, w) and the step noise (num_step_draws, N, C, h, w); item j

@@ -40,7 +40,7 @@ class StableDiffusion(Pipeline):
         n = output_count(batch, num_images_per_prompt)
         return broadcast(prompts, n), broadcast(negatives, n), n
 
-    def _run(self, table, rows, x, step_noise, prompts, negatives, output_type, return_dict, callback,
+    def _run(self, table, rows, x, *, step_noise, prompts, negatives, output_type, return_dict, callback,
              callback_steps, timings):
         """Text encoding, the loop (rtcore.sampling.denoise) from x, then decoding; each stage timed."""
         eng = self.engines
@@ -82,8 +82,9 @@ class StableDiffusion(Pipeline):
             draws = draw_noise(generator, shape, 1 + (len(table) if eta > 0 else 0))
         draws = draws.to(eng.device)  # DDIM's and DPM++'s initial noise sigma is 1
         step_noise = draws[1:] if len(draws) > 1 else None
-        return self._run(table, rows, draws[0], step_noise, prompts, negatives, output_type, return_dict, callback,
-                         callback_steps, {})
+        return self._run(table, rows, draws[0], step_noise=step_noise, prompts=prompts, negatives=negatives,
+                         output_type=output_type, return_dict=return_dict, callback=callback,
+                         callback_steps=callback_steps, timings={})
 
     def img2img(self, prompt, image, strength=0.8, num_inference_steps=50, guidance_scale=7.5, negative_prompt=None,
                 num_images_per_prompt=1, eta=0.0, generator=None, output_type="pil", return_dict=True,
@@ -99,6 +100,8 @@ class StableDiffusion(Pipeline):
         table = step_table(eng.scheduler, num_inference_steps, strength, eta)
         timings = {}
         # diffusers' DDIM step draws on every step when η > 0 (the last one included)
-        _, x, step_noise = self.noised_latents(pixels, n, generator, table, len(table) if eta > 0 else 0, timings)
-        return self._run(table, Rows("ddim", guidance_scale), x, step_noise if eta > 0 else None, prompts, negatives,
-                         output_type, return_dict, callback, callback_steps, timings)
+        _, x, step_noise = self.noised_latents(pixels, n=n, generator=generator, table=table,
+                                               num_step_draws=len(table) if eta > 0 else 0, timings=timings)
+        return self._run(table, Rows("ddim", guidance_scale), x, step_noise=step_noise if eta > 0 else None,
+                         prompts=prompts, negatives=negatives, output_type=output_type, return_dict=return_dict,
+                         callback=callback, callback_steps=callback_steps, timings=timings)
