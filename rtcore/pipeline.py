@@ -41,9 +41,10 @@ def check_number(value, name):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
-def check_positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+def check_positive_int(value, name, minimum=1):
+    """``value`` is an int (a numpy one too, never a bool) of at least ``minimum``, else a ValueError naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def check_output(output_type, return_dict, callback, callback_steps):

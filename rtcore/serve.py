@@ -15,6 +15,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from .pipeline import check_positive_int
 from .service import MAX_PIXELS, MAX_UPLOAD_BYTES, EditService, Limits, edit_one
 
 
@@ -51,10 +52,8 @@ def serve(model, host="127.0.0.1", port=8000, backend=None, device="cpu", dtype=
     max_upload_bytes = MAX_UPLOAD_BYTES if max_upload_bytes is None else max_upload_bytes
     for name, value in (("max_pixels", max_pixels), ("max_upload_bytes", max_upload_bytes),
                         ("max_concurrency", max_concurrency), ("num_replicas", num_replicas)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
-        raise ValueError(f"max_queue must be an int >= 0, got {max_queue!r}")
+        check_positive_int(value, name)
+    check_positive_int(max_queue, "max_queue", minimum=0)
     if not timeout_s > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout_s!r}")
 
