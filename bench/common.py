@@ -1,6 +1,5 @@
 """What every benchmark report carries: device, library versions, git revision; timing statistics; memory."""
 
-import importlib.metadata
 import os
 import platform
 import statistics
@@ -10,18 +9,13 @@ from pathlib import Path
 
 import torch
 
+from rtcore.manifest import version_of
+
 # Two runs of one edit in half precision (another backend, kernel or fusion order, at fp16 or bf16) differ by
 # rounding that grows over the steps. 3e-2 of the [0, 1] pixel range (8 levels of 255) in the worst pixel of an SD
 # 1.5 edit of 40 steps is the most that still counts as the same image; a wrong edit differs by 0.3 and more. The
 # benchmark judges backends by it, and the gpu test tier (tests/test_gpu.py) asserts it.
 HALF_PRECISION_PIXEL_TOLERANCE = 3e-2
-
-
-def _version(dist):
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def git_revision():
@@ -54,8 +48,8 @@ def header(device="cpu"):
         "device_name": name,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "versions": {d: _version(d) for d in ("torch", "diffusers", "transformers", "triton", "onnxruntime", "openvino",
-                                              "nncf", "rtcore")},
+        "versions": {d: version_of(d) for d in ("torch", "diffusers", "transformers", "triton", "onnxruntime",
+                                                "openvino", "nncf", "rtcore")},
         "git_revision": git_revision(),
         "date": time.strftime("%Y-%m-%d"),
     }
