@@ -49,6 +49,8 @@ import torch.nn.functional as F
 from rtcore import shapes
 from rtcore.metrics import colour_contrast, psnr
 from rtcore.prompts import tokenize
+from rtcore.schedule import DDIMConfig
+from rtcore.schedule import alphas_cumprod as schedule_alphas
 
 from .checkpoint import load_text_encoder, load_unet, load_vae, resolve
 from .tiny import SCHEDULER_CONFIG, clip_config, save_model, write_json, write_model_index, write_tokenizer
@@ -215,10 +217,8 @@ def train_unet(unet, text, means, stds, captions, tokenizer, scaling, steps, bat
     distinct_ids = tokenize(tokenizer, [*distinct, ""])
     ids = distinct_ids[torch.tensor([distinct[c] for c in captions])]
     empty = distinct_ids[-1]
-    sched = SCHEDULER_CONFIG
-    betas = torch.linspace(sched["beta_start"] ** 0.5, sched["beta_end"] ** 0.5, sched["num_train_timesteps"],
-                           dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+    # the ᾱ the runtime samples with (float32, as diffusers computes them)
+    alphas_cumprod = torch.from_numpy(schedule_alphas(DDIMConfig.from_dict(SCHEDULER_CONFIG))).float()
     start = time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:
@@ -231,7 +231,7 @@ def train_unet(unet, text, means, stds, captions, tokenizer, scaling, steps, bat
         batch_ids = ids[pick].clone()
         dropped = torch.rand(batch, generator=generator) < 0.1
         batch_ids[dropped] = empty
-        t = torch.randint(sched["num_train_timesteps"], (batch,), generator=generator)
+        t = torch.randint(len(alphas_cumprod), (batch,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
