@@ -28,17 +28,20 @@ DEFAULT_EDIT = dict(num_inference_steps=50, strength=0.8, eta=0.1)
 CPP_PREDICTION_TYPES = ("epsilon", "v_prediction")  # what cmake/src/rtcore_embed.cpp's split() computes
 
 
+def table_rows(table: StepTable):
+    """One row per step, as the C++ runner reads them: [t, a_t, b_t, a_prev, c, sigma, draws_noise] in Python
+    types."""
+    return [[int(t), float(a), float(b), float(ap), float(c), float(s), bool(d)] for t, a, b, ap, c, s, d in
+            zip(table.timesteps, table.a_t, table.b_t, table.a_prev, table.c, table.sigma, table.draws_noise)]
+
+
 def table_text(table: StepTable):
-    rows = zip(table.timesteps, table.a_t, table.b_t, table.a_prev, table.c, table.sigma, table.draws_noise)
-    return "".join(f"{int(t)} {a!r} {b!r} {ap!r} {c!r} {s!r} {int(d)}\n" for t, a, b, ap, c, s, d in
-                   ((r[0], float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), r[6]) for r in rows))
+    """``step_table.txt``: the rows one per line, floats in full (repr) precision, draws_noise as 0/1."""
+    return "".join(f"{t} {a!r} {b!r} {ap!r} {c!r} {s!r} {int(d)}\n" for t, a, b, ap, c, s, d in table_rows(table))
 
 
 def table_json(table: StepTable, settings):
-    return dict(settings, prediction_type=table.prediction_type,
-                rows=[[int(t), float(a), float(b), float(ap), float(c), float(s), bool(d)] for t, a, b, ap, c, s, d
-                      in zip(table.timesteps, table.a_t, table.b_t, table.a_prev, table.c, table.sigma,
-                             table.draws_noise)])
+    return dict(settings, prediction_type=table.prediction_type, rows=table_rows(table))
 
 
 def write_request(pipe, out_dir, image, source_prompt, prompt, num_inference_steps=50, strength=0.8,
