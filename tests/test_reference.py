@@ -7,65 +7,36 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from oracle import reference_cycle
 
 from rtcore import CycleDiffusion
 from rtcore.export.checkpoint import load_unet, load_vae
 from rtcore.prompts import encode_prompts
-from rtcore.schedule import DDIMConfig, ddim_timesteps
+from rtcore.schedule import DDIMConfig
 
 PROMPTS = dict(prompt="An astronaut riding an elephant", source_prompt="An astronaut riding a horse")
 
 
-def _alphas64(cfg):
-    """ᾱ in float64 straight from the beta schedule (not via rtcore.schedule's float32 path)."""
-    betas = np.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, cfg.num_train_timesteps) ** 2
-    return np.cumprod(1 - betas)
-
-
 def reference_edit(checkpoint, embed, pixels, steps, strength, w, w_s, eta, seed):
-    """docs/DESIGN.md §3 written the way the paper and diffusers write it (z_t = (y' − μ_src)/σ), all in float64."""
+    """The float64 oracle (tests/oracle.py) on the checkpoint's UNet with classifier-free guidance as diffusers
+    applies it: ``embed`` maps "", "src" and "tgt" to their text embeddings."""
     cfg = DDIMConfig.from_dict(json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text()))
-    assert cfg.beta_schedule == "scaled_linear" and eta > 0
+    assert eta > 0
     unet, vae = load_unet(checkpoint / "unet").double(), load_vae(checkpoint / "vae").double()
-    acp = _alphas64(cfg)
-    final = 1.0 if cfg.set_alpha_to_one else acp[0]
-    k = int(steps * strength)
-    ts = ddim_timesteps(cfg, steps)[steps - k:]
-    g = torch.Generator().manual_seed(seed)
+
+    def guided(cond, scale):
+        def model(sample, t):
+            out_c = unet(sample, torch.tensor([t]), embed[cond])
+            if scale == 1:
+                return out_c
+            out_u = unet(sample, torch.tensor([t]), embed[""])
+            return out_u + scale * (out_c - out_u)
+
+        return model
+
     mean, std = vae.encode(pixels.double())
-    shape = mean.shape
-    x0 = 0.18215 * (mean + std * torch.randn(shape, generator=g).double())
-    a1 = acp[ts[0]]
-    y = x = np.sqrt(a1) * x0 + np.sqrt(1 - a1) * torch.randn(shape, generator=g).double()
-    noises = [torch.randn(shape, generator=g).double() for t in ts if t - 1000 // steps > 0]
-
-    def split(sample, out, a):
-        if cfg.prediction_type == "v_prediction":
-            return np.sqrt(a) * sample - np.sqrt(1 - a) * out, np.sqrt(a) * out + np.sqrt(1 - a) * sample
-        return (sample - np.sqrt(1 - a) * out) / np.sqrt(a), out
-
-    def model(sample, t, cond, scale):
-        out_c = unet(sample, torch.tensor([t]), embed[cond])
-        if scale == 1:
-            return out_c
-        out_u = unet(sample, torch.tensor([t]), embed[""])
-        return out_u + scale * (out_c - out_u)
-
-    for t in ts:
-        prev = t - cfg.num_train_timesteps // steps
-        a, ap = acp[t], (acp[prev] if prev >= 0 else final)
-        sigma = eta * np.sqrt((1 - ap) / (1 - a)) * np.sqrt(1 - a / ap)
-        c = np.sqrt(1 - ap - sigma ** 2)
-        if prev <= 0:
-            y_next = x0
-        else:
-            y_next = np.sqrt(ap) * x0 + c * (y - np.sqrt(a) * x0) / np.sqrt(1 - a) + sigma * noises.pop(0)
-        x0_src, eps_src = split(y, model(y, t, "src", w_s), a)
-        z = (y_next - (np.sqrt(ap) * x0_src + c * eps_src)) / sigma
-        x0_tgt, eps_tgt = split(x, model(x, t, "tgt", w if w > 1 else 1), a)
-        x = np.sqrt(ap) * x0_tgt + c * eps_tgt + sigma * z
-        y = y_next
-    return x
+    return reference_cycle(guided("src", w_s), guided("tgt", w if w > 1 else 1), cfg, mean, steps, strength, eta, seed,
+                           x0_from_draw=lambda sample: 0.18215 * (mean + std * sample))
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])

@@ -5,13 +5,12 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
+from oracle import reference_cycle
 
 from rtcore import CycleDiffusion
 from rtcore.demo import sample_image
-from rtcore.schedule import alphas_cumprod, ddim_timesteps
 from rtcore.translate import PixelCycleDiffusion, is_pixel_model, translate
 
 
@@ -21,43 +20,6 @@ def ddpms(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ddpm")
     return make_tiny_ddpm(root / "cat", seed=0), make_tiny_ddpm(root / "dog", seed=1)
-
-
-def reference_translate(model_a, model_b, cfg, x0, steps, strength, eta, seed, x0_from_draw=None):
-    """x' = √ᾱ'·x̂0_B + c·ε_B + σ·z with z = (y' − μ_A)/σ, all float64 (diffusers' form, division by σ)."""
-    acp = alphas_cumprod(cfg)
-    final = 1.0 if cfg.set_alpha_to_one else acp[0]
-    k = int(steps * strength)
-    ts = ddim_timesteps(cfg, steps)[steps - k:]
-    g = torch.Generator().manual_seed(seed)
-    shape = x0.shape
-    if x0_from_draw is not None:  # latent models: x0 = scale·(mean + std·sample), the sample drawn first
-        x0 = x0_from_draw(torch.randn(shape, generator=g).double())
-    a1 = acp[ts[0]]
-    y = x = np.sqrt(a1) * x0 + np.sqrt(1 - a1) * torch.randn(shape, generator=g).double()
-    noises = [torch.randn(shape, generator=g).double() for t in ts if t - 1000 // steps > 0]
-    clip = cfg.clip_sample_range if cfg.clip_sample else None
-
-    def mean(sample, eps, a, ap, c):
-        x0_hat = (sample - np.sqrt(1 - a) * eps) / np.sqrt(a)
-        if clip:
-            x0_hat = x0_hat.clamp(-clip, clip)
-        return np.sqrt(ap) * x0_hat + c * eps
-
-    for t in ts:
-        prev = t - cfg.num_train_timesteps // steps
-        a, ap = acp[t], (acp[prev] if prev >= 0 else final)
-        sigma = eta * np.sqrt((1 - ap) / (1 - a)) * np.sqrt(1 - a / ap)
-        c = np.sqrt(1 - ap - sigma ** 2)
-        y_next = x0 if prev <= 0 else np.sqrt(ap) * x0 + c * (y - np.sqrt(a) * x0) / np.sqrt(1 - a) + \
-            sigma * noises.pop(0)
-        residual = y_next - mean(y, model_a(y, t), a, ap, c)
-        if sigma > 0:
-            x = mean(x, model_b(x, t), a, ap, c) + sigma * (residual / sigma)
-        else:  # set_alpha_to_one's last step (the DDPM configs' default): the σ → 0 limit
-            x = mean(x, model_b(x, t), a, ap, c) + residual
-        y = y_next
-    return x
 
 
 def test_pixel_translation_matches_float64_reference(ddpms):
@@ -70,7 +32,7 @@ def test_pixel_translation_matches_float64_reference(ddpms):
                 output_type="latent")
     a, b = pipe.source_unet.double(), pipe.target_unet.double()
     with torch.no_grad():
-        ref = reference_translate(lambda s, t: a(s, torch.tensor([t])), lambda s, t: b(s, torch.tensor([t])),
+        ref = reference_cycle(lambda s, t: a(s, torch.tensor([t])), lambda s, t: b(s, torch.tensor([t])),
                                   pipe.scheduler, preprocess(image).double(), 20, 0.6, 0.3, seed=4)
     pipe.source_unet.float(), pipe.target_unet.float()
     assert torch.isfinite(ours).all()
@@ -122,7 +84,7 @@ def test_latent_translation_matches_float64_reference(tiny_sd1, second_latent_mo
     vae = load_vae(tiny_sd1 / "vae").double()
     with torch.no_grad():
         mean, std = vae.encode(preprocess(image).double())
-        ref = reference_translate(lambda s, t: a(s, torch.tensor([t]), emb["a horse"][None].double()),
+        ref = reference_cycle(lambda s, t: a(s, torch.tensor([t]), emb["a horse"][None].double()),
                                   lambda s, t: b(s, torch.tensor([t]), emb["an elephant"][None].double()),
                                   pipe.engines.scheduler, mean, 10, 0.8, 0.2, seed=2,
                                   x0_from_draw=lambda sample: 0.18215 * (mean + std * sample))
