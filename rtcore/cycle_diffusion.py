@@ -43,7 +43,6 @@ class EncodedSource:
     table: StepTable
     z: torch.Tensor  # (N, C, h, w) float32 on the engine device
     residuals: list  # one (N, C, h, w) float32 tensor per step
-    image_size: tuple  # (H, W) pixels
 
     @property
     def num_items(self):
@@ -87,7 +86,7 @@ class CycleDiffusion(Pipeline):
             context = self._context(rows, sources=source_items)
         with stage(timings, "denoise", self.engines.device), torch.inference_mode():
             _, residuals = self._denoise(table, rows, z, context, x0=x0, step_noise=step_noise)
-        return EncodedSource(table=table, z=z, residuals=residuals, image_size=tuple(pixels.shape[2:]))
+        return EncodedSource(table=table, z=z, residuals=residuals)
 
     def edit(self, source: EncodedSource, prompt, guidance_scale=7.5, output_type="pil", return_dict=True,
              callback=None, callback_steps=1):
