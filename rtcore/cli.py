@@ -1,6 +1,7 @@
 """The ``rtcore`` command: edit, generate, img2img, export, serve, bench, selfcheck, demo."""
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ def _edit(args):
     from rtcore import CycleDiffusion
     from rtcore.images import load_image
 
+    _check_sampling(args)
     out = _check_out(args.out, args.overwrite, inputs=(args.image,))
     image = load_image(args.image)
     start = time.perf_counter()
@@ -28,6 +30,21 @@ def _edit(args):
     if not args.quiet:
         stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in result.timings.items())
         print(f"wrote {out} (load {load_s * 1e3:.0f} ms; {stages})")
+
+
+def _check_sampling(args):
+    """The sampling flags, checked before a model is loaded (the pipeline checks them again against its schedule)."""
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    strength = getattr(args, "strength", None)
+    if strength is not None and not 0 < strength <= 1:
+        raise ValueError(f"--strength must be in (0, 1], got {strength}")
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise ValueError(f"--eta must be a finite number >= 0, got {args.eta}")
+    for name in ("guidance_scale", "source_guidance_scale"):
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
 
 def _check_out(out, overwrite, inputs=()):
@@ -56,6 +73,7 @@ def _generate(args):
     from rtcore import StableDiffusion
     from rtcore.images import load_image
 
+    _check_sampling(args)
     out = _check_out(args.out, args.overwrite, inputs=(args.image,) if args.command == "img2img" else ())
     pipe = StableDiffusion.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
@@ -76,6 +94,7 @@ def _translate(args):
     from rtcore.images import load_image
     from rtcore.translate import PixelCycleDiffusion, is_pixel_model, translate
 
+    _check_sampling(args)
     out = _check_out(args.out, args.overwrite, inputs=(args.image,))
     image = load_image(args.image)
     generator = torch.Generator().manual_seed(args.seed)

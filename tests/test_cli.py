@@ -33,28 +33,45 @@ def test_edit_writes_the_image(tiny_sd1, input_png, tmp_path):
     assert "denoise" in result.stdout
 
 
+def in_process(*args):
+    """``rtcore ARGS`` run by its main() in this process: (exit status, stderr). For the refusals, which come
+    before any model is loaded, so a subprocess's 2 s of imports would be all the test measures."""
+    import contextlib
+    import io
+
+    from rtcore.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = main([str(a) for a in args])
+    return status, stderr.getvalue()
+
+
 def test_edit_never_overwrites_without_asking(tiny_sd1, input_png, tmp_path):
     out = tmp_path / "out.png"
     out.write_bytes(b"precious")
-    result = rtcore(*edit_args(tiny_sd1, input_png, out, "--quiet"))
-    assert result.returncode == 2 and "--overwrite" in result.stderr
+    status, stderr = in_process(*edit_args(tiny_sd1, input_png, out, "--quiet"))
+    assert status == 2 and "--overwrite" in stderr
     assert out.read_bytes() == b"precious"
-    result = rtcore(*edit_args(tiny_sd1, input_png, input_png, "--overwrite"))
-    assert result.returncode == 2 and "input image" in result.stderr
+    status, stderr = in_process(*edit_args(tiny_sd1, input_png, input_png, "--overwrite"))
+    assert status == 2 and "input image" in stderr
 
 
-@pytest.mark.parametrize("extra,name", [(["--strength", "1.5"], "strength"), (["--eta", "-1"], "eta")])
-def test_edit_bad_values_exit_2_with_the_parameter_named(tiny_sd1, input_png, tmp_path, extra, name):
-    result = rtcore(*edit_args(tiny_sd1, input_png, tmp_path / "o.png", *extra))
-    assert result.returncode == 2 and name in result.stderr
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize("extra,name", [(["--strength", "1.5"], "--strength"), (["--eta", "-1"], "--eta"),
+                                        (["--steps", "0"], "--steps"), (["--guidance-scale", "nan"], "--guidance")])
+def test_edit_bad_values_exit_2_naming_the_flag_before_loading(input_png, tmp_path, extra, name):
+    # a model folder that does not exist: the flag is refused before anything tries to load it
+    status, stderr = in_process(*edit_args(tmp_path / "no-model", input_png, tmp_path / "o.png", *extra))
+    assert status == 2 and name in stderr and "not found" not in stderr
+    assert "Traceback" not in stderr
 
 
 def test_edit_missing_model(input_png, tmp_path):
-    result = rtcore(*edit_args(tmp_path / "no-model", input_png, tmp_path / "o.png"))
-    assert result.returncode == 2 and "not found" in result.stderr
+    status, stderr = in_process(*edit_args(tmp_path / "no-model", input_png, tmp_path / "o.png"))
+    assert status == 2 and "not found" in stderr
 
 
+@pytest.mark.slow  # three CLI subprocesses, two of which load the model and run
 def test_generate_and_img2img(tiny_sd1, input_png, tmp_path):
     out = tmp_path / "gen.png"
     result = rtcore("generate", "--model", str(tiny_sd1), "--prompt", "a horse", "--out", str(out), "--steps", "3",

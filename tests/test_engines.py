@@ -216,6 +216,7 @@ def test_kernels_are_refused_for_onnx(tiny_sd1, tmp_path):
         build(tiny_sd1, tmp_path / "x", backend="onnx", kernels=True)
 
 
+@pytest.mark.slow  # two real exports and an edit, each a CLI subprocess
 def test_cli_export_then_edit(tiny_sd1, tmp_path):
     from rtcore.demo import sample_image
 

@@ -142,6 +142,7 @@ def dead_pid():
     return child.pid
 
 
+@pytest.mark.slow  # two real exports in subprocesses, one of them killed
 def test_a_sigkilled_export_leaves_nothing_after_the_next_build(tiny_sd1, tmp_path):
     out = tmp_path / "engine"
     command = [sys.executable, "-m", "rtcore", "export", str(tiny_sd1), "--backend", "onnx", "--height", "64",

@@ -45,6 +45,7 @@ def test_patched_vae_equals_unpatched(models):
         torch.testing.assert_close(patched.decode(latents), ref.decode(latents), atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.slow  # a whole UNet in int8 under the Triton interpreter
 def test_int8_policy_and_patched_unet(models):
     ref = models["sd1"]
     assert int8_policy(ref) == []  # no tiny layer reaches the SD-sized default threshold
@@ -65,6 +66,7 @@ def test_int8_policy_and_patched_unet(models):
     assert layer.w_scales.dtype == torch.float32 and layer.w_codes.dtype == torch.int8
 
 
+@pytest.mark.slow  # a whole edit under the Triton interpreter
 def test_edit_with_kernels_matches_eager(tiny_sd1, pipe):
     kernels = CycleDiffusion.from_pretrained(tiny_sd1, kernels=True)
     # 32×32 images: the interpreted kernels' time goes mostly to the VAE's full-resolution GroupNorms
@@ -77,6 +79,7 @@ def test_edit_with_kernels_matches_eager(tiny_sd1, pipe):
     assert err <= 5e-3
 
 
+@pytest.mark.slow  # a whole fp16 edit under the Triton interpreter
 def test_fp16_edit_on_cpu(tiny_sd1, pipe):
     """The gpu tier's fp16 checks, run on the CPU: eager fp16 and kernels fp16 (interpreted) against fp32. This
     covers the half-precision plumbing (fp16 engines, fp32 loop state) that CUDA runs use. Each half-precision

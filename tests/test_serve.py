@@ -110,6 +110,7 @@ def test_metrics(server):
     assert "rtcore_queue_depth 0.0" in text and 'rtcore_errors_total{kind="bad_request"}' in text
 
 
+@pytest.mark.slow  # a soak: 200 requests
 def test_200_requests_with_bounded_memory(server):
     fields = dict(FIELDS, num_inference_steps="1", strength="1.0")
     for _ in range(20):  # warm-up: allocator pools, caches
