@@ -68,10 +68,24 @@ def stage_flops(checkpoint, height, width, unet_rows, prompts, steps):
         latent = torch.empty(1, vae.config.latent_channels, height // f, width // f)
         text = torch.empty(1, 77, configs["unet"]["cross_attention_dim"])
         per_row = _count(unet, latent, torch.tensor([1]), text)
+        deep = torch.empty(1, unet.deep_channels, *latent.shape[2:])
         return {
             "text_encode": prompts * _count(clip, torch.zeros(1, 77, dtype=torch.long)),
             "vae_encode": _count(vae.encode, torch.empty(1, 3, height, width)),
             "denoise": steps * unet_rows * per_row,
             "vae_decode": _count(vae.decode, latent),
             "unet_per_row": per_row,
+            "unet_shallow_per_row": _count(unet.forward_shallow, latent, torch.tensor([1]), text, deep),
         }
+
+
+def denoise_flops(flops, steps, rows, approximations):
+    """UNet FLOPs of a loop of ``steps`` steps with ``rows`` (rtcore.sampling.Rows) per item, under
+    ``approximations``: each step's rows (all of them before the guidance cutoff, the conditional ones after) times
+    the whole UNet's or the shallow path's FLOPs per row (``flops`` from stage_flops)."""
+    total = 0
+    for i in range(steps):
+        step_rows = rows if approximations.guided_step(i, steps) else rows.unguided()
+        full = not approximations.caches or approximations.full_step(i)
+        total += step_rows.per_item * flops["unet_per_row" if full else "unet_shallow_per_row"]
+    return total

@@ -38,7 +38,7 @@ from rtcore import shapes
 from rtcore.metrics import colour_contrast, psnr
 
 from .common import header
-from .quality_report import markdown, plot
+from .quality_report import markdown, plot, plot_approximations
 
 KINDS = ("colour", "shape", "background")
 VALUES = {"colour": tuple(shapes.COLOURS), "shape": shapes.SHAPES, "background": shapes.BACKGROUNDS}
@@ -100,16 +100,59 @@ def score(scenes, targets, kind, edited):
                               for bg, mask in background_masks(scenes).items()}}
 
 
-def run_edits(cycle, sd, method, scenes, targets, strength, steps, guidance, seed):
-    """Edited images (N, 64, 64, 3) uint8 of one method, the whole batch in one call."""
+def run_edits(cycle, sd, method, scenes, targets, strength, steps, guidance, seed, approximations=None):
+    """Edited images (N, 64, 64, 3) uint8 of one method, the whole batch in one call; ``approximations``: the
+    call arguments of rtcore.approximations (default exact)."""
     images = [shapes.image(s) for s in scenes]
     kw = dict(prompt=[t.caption for t in targets], image=images, strength=strength, num_inference_steps=steps,
-              guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np")
+              guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np",
+              **(approximations or {}))
     if method == "sdedit":
         out = sd.img2img(eta=0.0, **kw)
     else:
         out = cycle(source_prompt=[s.caption for s in scenes], eta=0.1 if method == "cycle" else 0.0, **kw)
     return np.clip(np.rint(out.images * 255), 0, 255).astype(np.uint8)
+
+
+# The approximation settings the benchmark compares (rtcore.approximations): presets by name, "cacheN" for feature
+# caching every N steps, "cutoffC" for a guidance cutoff at C, joined by "+".
+APPROXIMATIONS = ("exact", "cache2", "cache3", "cache4", "cache5", "cutoff0.4", "cutoff0.6", "cutoff0.8",
+                  "cache4+cutoff0.8", "cache4+cutoff0.6", "cache5+cutoff0.8", "fast")
+
+
+def approximation_settings(name):
+    """A setting's name → the call arguments (cache_interval, guidance_cutoff), checked."""
+    from rtcore.approximations import PRESETS, Approximations
+
+    if name in PRESETS:
+        return dict(PRESETS[name])
+    settings = {}
+    for part in name.split("+"):
+        try:
+            if part.startswith("cache"):
+                settings["cache_interval"] = int(part[len("cache"):])
+            elif part.startswith("cutoff"):
+                settings["guidance_cutoff"] = float(part[len("cutoff"):])
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"approximation setting {name!r}: use a preset name, cacheN, cutoffC or both joined "
+                             "by '+'") from None
+    Approximations(**settings)  # refuses bad values by name
+    return settings
+
+
+def approximation_flops(model, settings, steps, strength, guidance):
+    """UNet FLOPs of one CycleDiffusion edit with ``settings``, as a fraction of the exact edit's (counted)."""
+    from rtcore.approximations import EXACT, Approximations
+    from rtcore.export.checkpoint import resolve
+    from rtcore.sampling import Rows
+
+    from .flops import denoise_flops, stage_flops
+
+    flops = stage_flops(resolve(model), shapes.SIZE, shapes.SIZE, 1, 1, 1)
+    k, rows = int(steps * strength), Rows("cycle", guidance)
+    return denoise_flops(flops, k, rows, Approximations(**settings)) / denoise_flops(flops, k, rows, EXACT)
 
 
 def vae_psnr(cycle, scenes):
@@ -258,7 +301,8 @@ def load(model, variant):
     return cycle, sdedit
 
 
-def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_guidance=(), log=print):
+def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_guidance=(), log=print,
+        approximations=(), approximation_steps=50):
     scenes = shapes.held_out(n_images)
     report = {**header(), "model": str(model), "images": n_images, "steps": steps, "guidance_scale": guidance,
               "seed": seed, "strengths": list(strengths), "edits": [], "drift": []}
@@ -310,6 +354,25 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_gu
             report["colour_guidance"].append({"guidance_scale": g, "strength": strength, **scores})
             log(f"colour cycle guidance {g:g} strength {strength:.2f}: success {scores['success']:.0%}  "
                 f"IoU {scores['iou']:.2f}  shift {scores['shift'] or float('nan'):.1f} px")
+    # CycleDiffusion with each approximation setting, at the default edit's step count: what the presets cost
+    report["approximations"] = []
+    report["approximation_steps"] = approximation_steps
+    for name in approximations:
+        settings = approximation_settings(name)
+        for kind in KINDS:
+            targets = edit_targets(scenes, kind)
+            for strength in strengths:
+                start = time.perf_counter()
+                edited = run_edits(cycle, sd, "cycle", scenes, targets, strength, approximation_steps, guidance,
+                                   seed, settings)
+                scores = score(scenes, targets, kind, edited)
+                report["approximations"].append({
+                    "setting": name, **settings, "kind": kind, "strength": strength, **scores,
+                    "unet_flops_fraction": approximation_flops(model, settings, approximation_steps, strength,
+                                                               guidance),
+                    "seconds": time.perf_counter() - start})
+                log(f"{name:<16} {kind:<10} strength {strength:.2f}: success {scores['success']:.0%}  PSNR kept "
+                    f"{scores['psnr_kept'] or float('nan'):.1f} dB  IoU {scores.get('iou') or float('nan'):.2f}")
     for variant in precisions:
         if variant == "fp32":
             continue
@@ -344,6 +407,11 @@ def main(argv=None):
                         help="more guidance scales for CycleDiffusion colour edits over the strengths ('' for none)")
     parser.add_argument("--precisions", default=",".join(PRECISIONS),
                         help="drift of CycleDiffusion edits against fp32 ('' for none)")
+    parser.add_argument("--approximations", default=",".join(APPROXIMATIONS),
+                        help="CycleDiffusion edits with feature caching and guidance cutoff settings: preset names, "
+                             "cacheN, cutoffC, or both joined by '+' ('' for none)")
+    parser.add_argument("--approximation-steps", type=int, default=50,
+                        help="steps of the approximation comparison (default 50: the default edit's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="bench_out/quality")
@@ -362,14 +430,23 @@ def main(argv=None):
         parser.error(f"--colour-guidance must be comma-separated numbers, got {args.colour_guidance!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    approximations = [a for a in args.approximations.split(",") if a]
+    try:
+        for name in approximations:
+            approximation_settings(name)
+    except ValueError as err:
+        parser.error(f"--approximations: {err}")
     report = run(args.model, args.images, strengths, args.steps, args.guidance_scale,
-                 [p for p in args.precisions.split(",") if p], args.seed, colour_guidance)
+                 [p for p in args.precisions.split(",") if p], args.seed, colour_guidance,
+                 approximations=approximations, approximation_steps=args.approximation_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(report, indent=2))
     (out / "quality.md").write_text(markdown(report))
     plot(report, out / "quality.png")
-    print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and {out / 'quality.png'}")
+    if report["approximations"]:
+        plot_approximations(report, out / "quality_approximations.png")
+    print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and the plots in {out}")
     return report
 
 

@@ -62,6 +62,8 @@ def markdown(report):
         for k, t in enumerate(denoising["timesteps"]):
             lines.append(f"| {t} | " + " | ".join(f"{v['error'][k]:.4f} / {v['colour_conditioning'][k]:.3f}"
                                                   for v in parts.values()) + " |")
+    if report.get("approximations"):
+        lines += ["", approximations_markdown(report)]
     if report["drift"]:
         lines += ["", "| precision | edit | PSNR vs fp32 (dB) | max abs (of 255) | success | success fp32 |",
                   "|---|---|---|---|---|---|"]
@@ -69,6 +71,81 @@ def markdown(report):
             lines.append(f"| {r['precision']} | {r['kind']} | {r['psnr_vs_fp32_db']:.1f} | {r['max_abs_vs_fp32']} | "
                          f"{r['success']:.0%} | {r['success_fp32']:.0%} |")
     return "\n".join(lines) + "\n"
+
+
+# The bar a faster setting must clear against the exact edit, at every strength, on colour and shape edits
+SUCCESS_POINTS, PSNR_DB, IOU = 0.02, 1.0, 0.03
+
+
+def approximation_deltas(report):
+    """Per setting: its UNet FLOPs per edit (fraction of exact, at the middle strength) and its worst colour and
+    shape edit against exact over the strengths: success lost, PSNR kept lost (dB), object IoU lost; and whether it
+    clears SUCCESS_POINTS / PSNR_DB / IOU everywhere."""
+    rows = report["approximations"]
+    exact = {(r["kind"], r["strength"]): r for r in rows if r["setting"] == "exact"}
+    strengths = sorted({r["strength"] for r in rows})
+    middle = strengths[len(strengths) // 2]
+    out = {}
+    for name in dict.fromkeys(r["setting"] for r in rows):
+        mine = [r for r in rows if r["setting"] == name and r["kind"] in ("colour", "shape")]
+        base = [exact[(r["kind"], r["strength"])] for r in mine]
+        success = max(b["success"] - r["success"] for r, b in zip(mine, base))
+        psnr = max((b["psnr_kept"] or 0) - (r["psnr_kept"] or 0) for r, b in zip(mine, base))
+        iou = max((b.get("iou") or 0) - (r.get("iou") or 0) for r, b in zip(mine, base))
+        flops = next(r["unet_flops_fraction"] for r in rows if r["setting"] == name and r["strength"] == middle)
+        out[name] = {"unet_flops_fraction": flops, "success_lost": success, "psnr_kept_lost_db": psnr,
+                     "iou_lost": iou, "clears": success <= SUCCESS_POINTS and psnr <= PSNR_DB and iou <= IOU}
+    return out
+
+
+def approximations_markdown(report):
+    def f(value, spec):
+        return "—" if value is None else format(value, spec)
+
+    lines = [f"CycleDiffusion with feature caching and guidance cutoff (rtcore.approximations), "
+             f"{report['approximation_steps']} steps: the worst colour or shape edit over the strengths against "
+             f"exact (bar: success within {SUCCESS_POINTS:.0%}, PSNR kept within {PSNR_DB:g} dB, IoU within {IOU}).",
+             "", "| setting | UNet FLOPs (× exact) | success lost | PSNR kept lost (dB) | IoU lost | clears the bar |",
+             "|---|---|---|---|---|---|"]
+    for name, d in approximation_deltas(report).items():
+        lines.append(f"| {name} | {d['unet_flops_fraction']:.2f} | {d['success_lost']:+.0%} | "
+                     f"{d['psnr_kept_lost_db']:+.2f} | {d['iou_lost']:+.3f} | {'yes' if d['clears'] else 'no'} |")
+    lines += ["", "| setting | edit | strength | success | kept | PSNR kept (dB) | object IoU | centre shift (px) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in report["approximations"]:
+        lines.append(f"| {r['setting']} | {r['kind']} | {r['strength']:.2f} | {r['success']:.0%} | {r['kept']:.0%} | "
+                     f"{f(r['psnr_kept'], '.1f')} | {f(r.get('iou'), '.2f')} | {f(r.get('shift'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def plot_approximations(report, path):
+    """Success and object IoU of colour and shape edits against UNet FLOPs per edit, one line per strength."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["approximations"]
+    strengths = sorted({r["strength"] for r in rows})
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), squeeze=False)
+    for col, kind in enumerate(("colour", "shape")):
+        for row, (key, label) in enumerate((("success", "success rate"), ("iou", "object IoU"))):
+            ax = axes[row][col]
+            for strength in strengths:
+                points = sorted((r["unet_flops_fraction"], r.get(key) or 0, r["setting"]) for r in rows
+                                if r["kind"] == kind and r["strength"] == strength)
+                ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"strength {strength:g}")
+                for x, y, name in points:
+                    if strength == strengths[0]:
+                        ax.annotate(name, (x, y), fontsize=6, rotation=30)
+            ax.set_title(f"{kind} edits")
+            ax.set_xlabel("UNet FLOPs per edit (× exact)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(report, path):

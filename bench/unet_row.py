@@ -62,6 +62,7 @@ def _inputs(latent, context_dim, seed=0):
 
 
 def _onnx_entry(onnx_dir):
+    """The whole UNet of an onnx engine directory (its outputs: the model output, then the deep features)."""
     entry = json.loads((Path(onnx_dir) / "manifest.json").read_text())["models"]["unet"]
     return Path(onnx_dir) / entry["file"], tuple(entry["inputs"]), tuple(entry["outputs"])
 
@@ -84,7 +85,8 @@ def _make(engine, checkpoint, onnx_dir, workdir, latent):
     elif engine == "onnx-fp32":
         from rtcore.backends import OrtModel
 
-        fn = OrtModel(*_onnx_entry(onnx_dir), torch.device("cpu"))
+        model = OrtModel(*_onnx_entry(onnx_dir), torch.device("cpu"))
+        fn = lambda *args: model(*args)[0]  # noqa: E731  (the model output; the deep features go unused)
     elif engine.startswith("openvino-raw-"):
         import openvino as ov
 
@@ -109,14 +111,15 @@ def _make(engine, checkpoint, onnx_dir, workdir, latent):
             ckpt.text_encoder.float()
             calibration = unet_calibration_set(ckpt, 8 * latent, 8 * latent)
         ir = to_openvino_ir(path, Path(workdir) / engine, dtype, int8, calibration)
-        fn = OpenVinoModel(ir, inputs, outputs, dtype, int8)
+        model = OpenVinoModel(ir, inputs, outputs, dtype, int8)
+        fn = lambda *args: model(*args)[0]  # noqa: E731
     elif engine.startswith("compile-"):
         from rtcore.engines import resolve_dtype
         from rtcore.export.build import build_unet_package
 
         dtype = resolve_dtype(engine[8:])
         package = build_unet_package(checkpoint, Path(workdir) / engine, dtype, latent * 8)
-        fn = lambda s, t, c: package(s.to(dtype), t, c.to(dtype))  # noqa: E731
+        fn = lambda s, t, c: package(s.to(dtype), t, c.to(dtype))[0]  # noqa: E731
     else:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     return fn, time.perf_counter() - start

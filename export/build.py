@@ -43,7 +43,7 @@ from rtcore.manifest import (
 from rtcore.schedule import DDIMConfig, step_table
 
 from . import compile_flags
-from .calibration import unet_calibration_set
+from .calibration import shallow_calibration_set, unet_calibration_set
 from .checkpoint import load_checkpoint, resolve
 from .contracts import contracts
 from .progress import Stages
@@ -124,8 +124,9 @@ def _export_aoti(contract, folder, device):
 
 
 def build_unet_package(checkpoint, folder, dtype, size, device="cpu"):
-    """The UNet alone as an AOTInductor package for images of ``size``², loaded: for row benchmarks (a whole
-    ``compile`` engine directory also compiles the VAE and the text encoder)."""
+    """The UNet alone (its ``unet`` contract: outputs the model output and the deep features) as an AOTInductor
+    package for images of ``size``², loaded: for row benchmarks (a whole ``compile`` engine directory also compiles
+    the VAE, the text encoder and the shallow UNet)."""
     ckpt = load_checkpoint(resolve(checkpoint))
     ckpt.unet.to(device, dtype).eval()
     folder = Path(folder)
@@ -320,17 +321,20 @@ def build(checkpoint, out, backend="onnx", dtype="fp32", height=None, width=None
     tmp = partial_directory(out)
     tmp.mkdir()
     try:
-        models = {}
+        models, unet_samples = {}, None
         for name, contract in contracts(ckpt, height, width, batch, device, export_dtype).items():
             folder = tmp / name
             folder.mkdir()
-            quantized = int8 if backend == "openvino" and name == "unet" else None  # NNCF int8 layers
-            samples = None  # the calibration set of a static int8 UNet
+            # NNCF int8 layers, in both UNet graphs
+            quantized = int8 if backend == "openvino" and name in ("unet", "unet_shallow") else None
+            samples = None  # the calibration set of a static int8 UNet graph
             if backend == "openvino":
-                if quantized == "static":
+                if quantized == "static" and unet_samples is None:
                     images, prompts = zip(*calibration) if calibration else (None, None)
-                    with stages(f"{name}: calibration inputs"):
-                        samples = unet_calibration_set(ckpt, height, width, images=images, prompts=prompts)
+                    with stages("unet: calibration inputs"):
+                        unet_samples = unet_calibration_set(ckpt, height, width, images=images, prompts=prompts)
+                if quantized == "static":
+                    samples = unet_samples if name == "unet" else shallow_calibration_set(ckpt, unet_samples)
                 onnx_folder = tmp / f".{name}-onnx"  # the fp32 graph is only the input of the conversion
                 onnx_folder.mkdir()
                 with stages(f"{name}: export to ONNX (fp32)"):

@@ -28,6 +28,20 @@ def default_images(n, seed=0):
 
 
 @torch.no_grad()
+def shallow_calibration_set(checkpoint, samples):
+    """The shallow UNet's calibration set (feature caching): each UNet sample with the deep features the full
+    UNet computes from it, which is what a cached step feeds the shallow graph (from an earlier step's inputs)."""
+    unet = checkpoint.unet
+    out = []
+    for s in samples:
+        inputs = [torch.from_numpy(s[k]).to(next(unet.parameters()).dtype if k != "timestep" else torch.int64)
+                  for k in ("sample", "timestep", "encoder_hidden_states")]
+        _, deep = unet.forward_full(*inputs)
+        out.append({**s, "deep": deep.float().numpy()})
+    return out
+
+
+@torch.no_grad()
 def unet_calibration_set(checkpoint, height, width, samples=16, images=None, prompts=None, seed=0):
     """``samples`` UNet input dicts (numpy, the engine contract's names) of three rows each, at height × width.
     ``images``/``prompts``: the calibration photos and their captions (default: shapes scenes and their captions);

@@ -44,6 +44,29 @@ class VAEDecoder(nn.Module):
         return self.vae.decode(latents)
 
 
+class UNetFull(nn.Module):
+    """sample, timestep, text → (model output, deep features): the UNet that also keeps what feature caching
+    reuses (export/unet.py, UNet.forward_full)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet.forward_full(sample, timestep, encoder_hidden_states)
+
+
+class UNetShallow(nn.Module):
+    """sample, timestep, text, deep features → model output: the shallow path of a cached step."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, deep):
+        return self.unet.forward_shallow(sample, timestep, encoder_hidden_states, deep)
+
+
 @dataclass
 class Contract:
     name: str
@@ -60,6 +83,10 @@ def contracts(checkpoint, height, width, batch, device="cpu", dtype=torch.float3
 
     Dynamic axes let ONNX Runtime and AOTInductor engines take any batch, row count and size; the min/opt/max
     profile is what TensorRT optimises for (rows: 1 … 4·batch, the most UNet rows an edit uses per step).
+
+    The UNet is two graphs: ``unet``, the whole model, which also outputs the deep features that feature caching
+    keeps (an exact step ignores them), and ``unet_shallow``, which takes them back on a cached step. The second holds
+    only the shallow path's weights (conv_in, the first down layer, the last up block's final layers, the head).
     """
     f = checkpoint.vae.config.scale_factor
     if height % f or width % f:
@@ -71,6 +98,16 @@ def contracts(checkpoint, height, width, batch, device="cpu", dtype=torch.float3
     rows = 3 * batch  # the default edit: y_src, x∅, x_tgt per item
     prompts = 3
     opts = dict(device=device, dtype=dtype)
+    deep = checkpoint.unet.deep_channels
+    unet_inputs = ("sample", "timestep", "encoder_hidden_states")
+    unet_sample = (torch.zeros((rows, latent, h, w), **opts), torch.tensor([999], device=device),
+                   torch.zeros((rows, text_len, text_dim), **opts))
+    row_axes = {0: "rows", 2: "h", 3: "w"}
+    unet_axes = {"sample": row_axes, "encoder_hidden_states": {0: "rows"}}
+    unet_profile = {"sample": ((1, latent, h, w), (rows, latent, h, w), (4 * batch, latent, h, w)),
+                    "timestep": ((1,), (1,), (1,)),
+                    "encoder_hidden_states": ((1, text_len, text_dim), (rows, text_len, text_dim),
+                                              (4 * batch, text_len, text_dim))}
     return {
         "text_encoder": Contract(
             "text_encoder", TextEncoder(checkpoint.text_encoder, dtype), ("input_ids",), ("embeddings",),
@@ -89,13 +126,10 @@ def contracts(checkpoint, height, width, batch, device="cpu", dtype=torch.float3
             {"latents": {0: "batch", 2: "h", 3: "w"}, "image": {0: "batch", 2: "height", 3: "width"}},
             {"latents": ((1, latent, h, w), (batch, latent, h, w), (batch, latent, h, w))}),
         "unet": Contract(
-            "unet", checkpoint.unet, ("sample", "timestep", "encoder_hidden_states"), ("out",),
-            (torch.zeros((rows, latent, h, w), **opts), torch.tensor([999], device=device),
-             torch.zeros((rows, text_len, text_dim), **opts)),
-            {"sample": {0: "rows", 2: "h", 3: "w"}, "encoder_hidden_states": {0: "rows"},
-             "out": {0: "rows", 2: "h", 3: "w"}},
-            {"sample": ((1, latent, h, w), (rows, latent, h, w), (4 * batch, latent, h, w)),
-             "timestep": ((1,), (1,), (1,)),
-             "encoder_hidden_states": ((1, text_len, text_dim), (rows, text_len, text_dim),
-                                       (4 * batch, text_len, text_dim))}),
+            "unet", UNetFull(checkpoint.unet), unet_inputs, ("out", "deep"), unet_sample,
+            {**unet_axes, "out": row_axes, "deep": row_axes}, unet_profile),
+        "unet_shallow": Contract(
+            "unet_shallow", UNetShallow(checkpoint.unet), (*unet_inputs, "deep"), ("out",),
+            (*unet_sample, torch.zeros((rows, deep, h, w), **opts)), {**unet_axes, "deep": row_axes, "out": row_axes},
+            {**unet_profile, "deep": ((1, deep, h, w), (rows, deep, h, w), (4 * batch, deep, h, w))}),
     }

@@ -125,11 +125,16 @@ class UpBlock(nn.Module):
         self.attentions = _transformers(cfg, out_ch, heads, transformer_layers, num_layers) if heads else None
         self.upsamplers = nn.ModuleList([Upsample2D(out_ch)]) if upsample else None
 
-    def forward(self, x, temb, context, skips, upsample_size=None):
-        for i, resnet in enumerate(self.resnets):
-            x = resnet(torch.cat([x, skips.pop()], dim=1), temb)
+    def layers(self, x, temb, context, skips, start=0, stop=None):
+        """Layers ``start`` to ``stop`` (resnet and attention), each fed the last skip left in ``skips``."""
+        for i in range(start, len(self.resnets) if stop is None else stop):
+            x = self.resnets[i](torch.cat([x, skips.pop()], dim=1), temb)
             if self.attentions is not None:
                 x = self.attentions[i](x, context)
+        return x
+
+    def forward(self, x, temb, context, skips, upsample_size=None):
+        x = self.layers(x, temb, context, skips)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x
@@ -148,8 +153,21 @@ class MidBlock(nn.Module):
         return self.resnets[1](x, temb)
 
 
+# DeepCache (Ma et al., CVPR 2024) on SD: the shallowest skip branch (its reference code's cache_layer_id=0,
+# cache_block_id=0). The last up block's final CACHE_BRANCH layers are the ones fed by the two shallowest skips,
+# conv_in's output and the first down layer's; everything deeper is cached.
+CACHE_BRANCH = 2
+
+
 class UNet(nn.Module):
-    """ε (or v) prediction: forward(sample (B, 4, h, w), timestep (B,) or scalar, text (B, L, C)) → (B, 4, h, w)."""
+    """ε (or v) prediction: forward(sample (B, 4, h, w), timestep (B,) or scalar, text (B, L, C)) → (B, 4, h, w).
+
+    For feature caching (DeepCache), ``forward_full`` also returns the deep features: the input of the last up
+    block's final CACHE_BRANCH layers. ``forward_shallow`` computes the same output from them and the shallow path
+    alone: conv_in, the first down layer, those layers and the output head, about a quarter of the UNet's FLOPs at SD
+    shapes. Given the deep features of the same inputs it reproduces ``forward``; given an earlier step's, it is
+    DeepCache's approximation.
+    """
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -182,18 +200,45 @@ class UNet(nn.Module):
                                           rheads[i] if cross else None, rtlayers[i], upsample=i < n - 1))
 
     def forward(self, sample, timestep, encoder_hidden_states):
-        temb = embed_timestep(self.time_embedding, timestep, sample, self.config)
+        return self.forward_full(sample, timestep, encoder_hidden_states)[0]
 
+    def forward_full(self, sample, timestep, encoder_hidden_states):
+        """(model output, deep features (B, deep_channels, h, w)): the whole UNet, the same operations as forward."""
+        temb = embed_timestep(self.time_embedding, timestep, sample, self.config)
         x = self.conv_in(sample)
         skips = [x]
         for block in self.down_blocks:
             x, block_skips = block(x, temb, encoder_hidden_states)
             skips.extend(block_skips)
         x = self.mid_block(x, temb, encoder_hidden_states)
-        for block in self.up_blocks:
+        for block in self.up_blocks[:-1]:
             block_skips = skips[-len(block.resnets):]
             del skips[-len(block.resnets):]
             # upsample to the next skip's size: latents need not be a multiple of 2^levels
-            size = tuple(skips[-1].shape[-2:]) if skips else None
-            x = block(x, temb, encoder_hidden_states, block_skips, size)
+            x = block(x, temb, encoder_hidden_states, block_skips, tuple(skips[-1].shape[-2:]))
+        last = self.up_blocks[-1]  # its skips are all that is left; it does not upsample
+        deep = last.layers(x, temb, encoder_hidden_states, skips, stop=self._cache_start)
+        x = last.layers(deep, temb, encoder_hidden_states, skips, start=self._cache_start)
+        return self.conv_out(self.conv_act(self.conv_norm_out(x))), deep
+
+    def forward_shallow(self, sample, timestep, encoder_hidden_states, deep):
+        """The model output from the deep features of ``forward_full`` and the shallow path alone."""
+        temb = embed_timestep(self.time_embedding, timestep, sample, self.config)
+        x = self.conv_in(sample)
+        first = self.down_blocks[0]
+        skip = first.resnets[0](x, temb)
+        if first.attentions is not None:
+            skip = first.attentions[0](skip, encoder_hidden_states)
+        x = self.up_blocks[-1].layers(deep, temb, encoder_hidden_states, [x, skip], start=self._cache_start)
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))
+
+    @property
+    def _cache_start(self):
+        """The first of the last up block's layers on the shallow path."""
+        return len(self.up_blocks[-1].resnets) - CACHE_BRANCH
+
+    @property
+    def deep_channels(self):
+        """Channels of the deep features: what the first shallow layer takes besides its skip."""
+        first_skip = self.down_blocks[0].resnets[0].conv2.out_channels
+        return self.up_blocks[-1].resnets[self._cache_start].conv1.in_channels - first_skip

@@ -317,7 +317,9 @@ def load_engines(engine_dir, device="cpu", providers=None, check_hashes=True) ->
         text_encode=models["text_encoder"],
         vae_encode=models["vae_encoder"],
         vae_decode=models["vae_decoder"],
-        unet=models["unet"],
+        unet=lambda *args: models["unet"](*args)[0],  # the exact path: its deep features go unused
+        unet_full=models["unet"],
+        unet_shallow=models["unet_shallow"],
         tokenizer=CLIPTokenizer.from_pretrained(str(engine_dir / "tokenizer")),
         scheduler=DDIMConfig.from_dict(scheduler),
         scaling_factor=cfg["scaling_factor"],

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .approximations import Approximations
 from .images import preprocess
 from .prompts import tokenize
 from .schedule import StepTable
@@ -45,10 +46,14 @@ def table_json(table: StepTable, settings):
 
 
 def write_request(pipe, out_dir, image, source_prompt, prompt, num_inference_steps=50, strength=0.8,
-                  guidance_scale=7.5, eta=0.1, generator=None):
+                  guidance_scale=7.5, eta=0.1, generator=None, cache_interval=1, guidance_cutoff=1.0):
     """Writes the request files for one image (the same draws as ``pipe(...)`` with the same generator)."""
     if guidance_scale <= 1.0:
         raise ValueError("guidance_scale must be > 1 for the C++ runner's 3-row loop")
+    if not Approximations(cache_interval, guidance_cutoff).exact:
+        raise ValueError(f"cache_interval={cache_interval}, guidance_cutoff={guidance_cutoff}: the C++ runner runs the "
+                         "exact loop only (feature caching and guidance cutoff are the Python runtime's); pass "
+                         "cache_interval=1, guidance_cutoff=1.0, or run the edit from Python")
     cfg = pipe.engines.scheduler
     if cfg.clip_sample or cfg.prediction_type not in CPP_PREDICTION_TYPES:
         # rtcore-run implements the x̂0/ε split for these and no clamp: anything else would compute wrong latents

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .approximations import Approximations
 from .images import preprocess
 from .pipeline import (
     Pipeline,
@@ -71,9 +72,11 @@ class CycleDiffusion(Pipeline):
         return rows.context(encode_prompts(self.engines, ["", *sources, *targets]), sources, targets)
 
     def encode(self, image, source_prompt, strength=0.8, num_inference_steps=50, source_guidance_scale=1.0, eta=0.1,
-               num_images_per_prompt=1, generator=None):
-        """The source half of an edit, run once: returns an :class:`EncodedSource` for :meth:`edit`."""
+               num_images_per_prompt=1, generator=None, cache_interval=1, guidance_cutoff=1.0):
+        """The source half of an edit, run once: returns an :class:`EncodedSource` for :meth:`edit`. With the same
+        ``cache_interval`` and ``guidance_cutoff`` given to both halves, encode + edit equals the full call."""
         check_number(source_guidance_scale, "source_guidance_scale")
+        approximations = Approximations(cache_interval, guidance_cutoff)
         sources = as_prompt_list(source_prompt, "source_prompt")
         pixels = preprocess(image, self.engines.vae_scale_factor)
         batch = batch_size(source_prompt=sources, image=[None] * pixels.shape[0])
@@ -85,15 +88,17 @@ class CycleDiffusion(Pipeline):
         with stage(timings, "text_encode", self.engines.device):
             context = self._context(rows, sources=source_items)
         with stage(timings, "denoise", self.engines.device), torch.inference_mode():
-            _, residuals = self._denoise(table, rows, z, context, x0=x0, step_noise=step_noise)
+            _, residuals = self._denoise(table, rows, z, context, approximations=approximations, x0=x0,
+                                         step_noise=step_noise)
         return EncodedSource(table=table, z=z, residuals=residuals)
 
     def edit(self, source: EncodedSource, prompt, guidance_scale=7.5, output_type="pil", return_dict=True,
-             callback=None, callback_steps=1):
+             callback=None, callback_steps=1, cache_interval=1, guidance_cutoff=1.0):
         """The target half: edits an encoded source toward ``prompt`` (one, or a list sharing the source)."""
         if not isinstance(source, EncodedSource):
             raise TypeError(f"source must be the EncodedSource returned by encode(), got {type(source).__name__}")
         check_number(guidance_scale, "guidance_scale")
+        approximations = Approximations(cache_interval, guidance_cutoff)
         output_type = check_output(output_type, return_dict, callback, callback_steps)
         targets = as_prompt_list(prompt, "prompt")
         n = batch_size(prompt=targets, source=[None] * source.num_items)
@@ -103,15 +108,19 @@ class CycleDiffusion(Pipeline):
             context = self._context(rows, targets=broadcast(targets, n))
         z = source.z.expand(n, -1, -1, -1)
         with stage(timings, "denoise", self.engines.device), torch.inference_mode():
-            x, _ = self._denoise(source.table, rows, z, context, callback, callback_steps, residuals=source.residuals)
+            x, _ = self._denoise(source.table, rows, z, context, callback, callback_steps, approximations,
+                                 residuals=source.residuals)
         return self._finish(x, output_type, return_dict, timings)
 
     # -- the whole edit in one loop (3 UNet rows per step by default) ---------------------------------------------
 
     def __call__(self, prompt, source_prompt, image=None, strength=0.8, num_inference_steps=50, guidance_scale=7.5,
                  source_guidance_scale=1.0, num_images_per_prompt=1, eta=0.1, generator=None, output_type="pil",
-                 return_dict=True, callback=None, callback_steps=1):
+                 return_dict=True, callback=None, callback_steps=1, cache_interval=1, guidance_cutoff=1.0):
+        """The whole edit in one loop. ``cache_interval`` > 1 and ``guidance_cutoff`` < 1 trade accuracy for fewer
+        UNet FLOPs (rtcore.approximations; their cost is measured in docs/QUALITY.md); the defaults are exact."""
         check_number(guidance_scale, "guidance_scale")
+        approximations = Approximations(cache_interval, guidance_cutoff)
         check_number(source_guidance_scale, "source_guidance_scale")
         output_type = check_output(output_type, return_dict, callback, callback_steps)
         targets = as_prompt_list(prompt, "prompt")
@@ -126,5 +135,6 @@ class CycleDiffusion(Pipeline):
         with stage(timings, "text_encode", self.engines.device):
             context = self._context(rows, source_items, broadcast(targets, len(source_items)))
         with stage(timings, "denoise", self.engines.device), torch.inference_mode():
-            x, _ = self._denoise(table, rows, z, context, callback, callback_steps, x0=x0, step_noise=step_noise)
+            x, _ = self._denoise(table, rows, z, context, callback, callback_steps, approximations, x0=x0,
+                                 step_noise=step_noise)
         return self._finish(x, output_type, return_dict, timings)

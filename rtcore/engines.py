@@ -5,6 +5,8 @@ know about them. Pipelines only ever call these; backends only ever produce them
     vae_encode(image (B, 3, H, W) in [-1, 1])       → (mean, std), each (B, 4, H/8, W/8), unscaled
     vae_decode(latents (B, 4, h, w), unscaled)      → image (B, 3, 8h, 8w) in about [-1, 1]
     unet(sample (R, 4, h, w), timestep (1,), text (R, 77, C)) → model output (R, 4, h, w)
+    unet_full(sample, timestep, text)               → (model output, deep features (R, D, h, w))
+    unet_shallow(sample, timestep, text, deep)      → model output: a feature-cached step (DeepCache)
 
 Inputs and outputs are device tensors in the engine dtype (``input_ids`` stays int64).
 """
@@ -29,6 +31,8 @@ class Engines:
     vae_encode: Callable
     vae_decode: Callable
     unet: Callable
+    unet_full: Callable  # the same UNet, also returning the deep features feature caching keeps
+    unet_shallow: Callable  # the shallow path, from kept deep features
     tokenizer: Any
     scheduler: DDIMConfig
     scaling_factor: float
@@ -91,6 +95,8 @@ def eager_engines(checkpoint, device, dtype) -> Engines:
         vae_encode=vae.encode,
         vae_decode=vae.decode,
         unet=unet,
+        unet_full=unet.forward_full,
+        unet_shallow=unet.forward_shallow,
         tokenizer=checkpoint.tokenizer,
         scheduler=DDIMConfig.from_dict(checkpoint.scheduler_config),
         scaling_factor=vae.config.scaling_factor,

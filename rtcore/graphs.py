@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import cuda  # the only CUDA surface used here; tests without a GPU put a stub of it in its place
 
+from .approximations import EXACT
 from .sampling import denoise
 
 MAX_GRAPHS = 8
@@ -118,14 +119,16 @@ class _Graph:
 
 
 class GraphedDenoiser:
-    """``denoise`` with the same arguments, replayed from a CUDA graph captured per static key."""
+    """``denoise`` with the same arguments, on ``engines``' UNet, replayed from a CUDA graph captured per static
+    key."""
 
-    def __init__(self, unet, device):
-        self.unet, self.device = unet, device
+    def __init__(self, engines):
+        self.engines, self.device = engines, engines.device
         self.graphs = OrderedDict()
         self.lock = threading.Lock()
 
-    def __call__(self, table, rows, z, context, dtype, *, x0=None, step_noise=None, residuals=None):
+    def __call__(self, table, rows, z, context, dtype, *, x0=None, step_noise=None, residuals=None,
+                 approximations=EXACT):
         # a static input like the others: the graph must own the memory its kernels read
         inputs = {"z": z, "context": context, "timesteps": torch.as_tensor(table.timesteps, device=self.device)}
         for name, value in (("x0", x0), ("step_noise", step_noise)):
@@ -136,13 +139,16 @@ class GraphedDenoiser:
         # every scalar of the table (a StepTable or a DPMTable) is baked into the captured kernels: all are the key
         key = (type(table).__name__, tuple(v.tobytes() if isinstance(v, np.ndarray) else v
                                            for v in (getattr(table, f.name) for f in dataclasses.fields(table))),
-               rows, str(dtype), tuple((k, tuple(v.shape) if torch.is_tensor(v) else (len(v), tuple(v[0].shape)))
-                                       for k, v in sorted(inputs.items())))
+               rows, approximations, str(dtype),
+               tuple((k, tuple(v.shape) if torch.is_tensor(v) else (len(v), tuple(v[0].shape)))
+                     for k, v in sorted(inputs.items())))
+        eng = self.engines
 
         def run(**static):
-            return denoise(self.unet, table, rows, static["z"], static["context"], dtype, x0=static.get("x0"),
+            return denoise(eng.unet, table, rows, static["z"], static["context"], dtype, x0=static.get("x0"),
                            step_noise=static.get("step_noise"), residuals=static.get("residuals"),
-                           timesteps=static["timesteps"])
+                           timesteps=static["timesteps"], approximations=approximations,
+                           unet_parts=(eng.unet_full, eng.unet_shallow))
 
         with self.lock:
             graph = self.graphs.get(key)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-FORMAT_VERSION = 2  # 2: the manifest covers every file and carries its own digest
+FORMAT_VERSION = 3  # 2: the manifest covers every file and carries its own digest; 3: unet_shallow, deep output
 MANIFEST = "manifest.json"
-MODELS = ("text_encoder", "vae_encoder", "vae_decoder", "unet")
+MODELS = ("text_encoder", "vae_encoder", "vae_decoder", "unet", "unet_shallow")
 
 
 class EngineMismatch(ValueError):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .approximations import EXACT
 from .engines import BACKENDS, DTYPE_NAMES, Engines, eager_engines, resolve_device, resolve_dtype, resolve_int8
 from .graphs import CaptureError, GraphedDenoiser
 from .images import postprocess
@@ -190,25 +191,29 @@ class Pipeline:
         cuda_graphs = self._cuda_graphs
         if cuda_graphs is None:
             cuda_graphs = self.engines.device.type == "cuda" and self.engines.backend in ("eager", "compile")
-        self._graphed = GraphedDenoiser(self.engines.unet, self.engines.device) if cuda_graphs else None
+        self._graphed = GraphedDenoiser(self.engines) if cuda_graphs else None
 
-    def _denoise(self, table, rows, z, context, callback=None, callback_steps=1, **inputs):
-        """The loop (rtcore.sampling.denoise) of every sampler, with the pipeline's progress bar. Replayed from a
-        CUDA graph when graphs are on and no callback is given (a callback runs Python per step); a replay is one
-        launch, so its bar moves once, by the whole loop. A loop that cannot be captured, or a capture that runs
-        out of memory, turns graphs off for good with one warning, and the plain loop runs instead."""
+    def _denoise(self, table, rows, z, context, callback=None, callback_steps=1, approximations=EXACT, **inputs):
+        """The loop (rtcore.sampling.denoise) of every sampler, with the pipeline's progress bar and
+        ``approximations`` (rtcore.approximations). Replayed from a CUDA graph when graphs are on and no callback is
+        given (a callback runs Python per step); a replay is one launch, so its bar moves once, by the whole loop. A
+        loop that cannot be captured, or a capture that runs out of memory, turns graphs off for good with one
+        warning, and the plain loop runs instead."""
         total = len(table.timesteps)
         graphed = self._graphed  # another thread may turn graphs off meanwhile
         with self.progress_bar(total=total) as bar:
             if graphed is not None and callback is None:
                 try:
-                    out = graphed(table, rows, z, context, self.engines.dtype, **inputs)
+                    out = graphed(table, rows, z, context, self.engines.dtype, approximations=approximations,
+                                  **inputs)
                     bar.update(total)
                     return out
                 except (CaptureError, torch.OutOfMemoryError) as err:
                     self._graphs_off(err)
-            return denoise(self.engines.unet, table, rows, z, context, self.engines.dtype, callback=callback,
-                           callback_steps=callback_steps, progress=bar.update, **inputs)
+            eng = self.engines
+            return denoise(eng.unet, table, rows, z, context, eng.dtype, callback=callback,
+                           callback_steps=callback_steps, progress=bar.update, approximations=approximations,
+                           unet_parts=(eng.unet_full, eng.unet_shallow), **inputs)
 
     def _graphs_off(self, err):
         if self._graphed is None:

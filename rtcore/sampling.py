@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .approximations import EXACT
 from .schedule import DPMTable, StepTable
 
 MODES = ("cycle", "source", "target", "ddim", "dpm++")  # "source"/"target": the two halves of an edit, apart
@@ -179,6 +180,19 @@ class Rows:
             target = guide(out[0], out[1], self.guidance_scale) if self.target_cfg else out[0]
         return source, target
 
+    def unguided(self):
+        """The same trajectories without classifier-free guidance: conditional rows only."""
+        return Rows(self.mode, 1.0, 1.0)
+
+    def conditional(self, tensor):
+        """``tensor``, laid out by these rows (per_item blocks of N), cut to the blocks of :meth:`unguided`."""
+        keep = ([int(self.source_cfg)] if self.source else []) + \
+            ([(1 + self.source_cfg) * self.source + int(self.target_cfg)] if self.target else [])
+        if len(keep) == self.per_item:
+            return tensor
+        blocks = tensor.chunk(self.per_item)  # views and one cat: no index tensor to copy in from the host
+        return torch.cat([blocks[k] for k in keep])
+
     def context(self, embed, sources=(), targets=(), negatives=None):
         """The text embeddings of every row, in row order: ``embed`` maps a prompt to its embedding
         (:func:`rtcore.prompts.encode_prompts`); ``sources``/``targets`` hold one prompt per item; unconditional
@@ -207,7 +221,7 @@ def check_table(table, mode):
 
 
 def denoise(unet, table, rows: Rows, z, context, dtype, *, x0=None, step_noise=None, residuals=None, callback=None,
-            callback_steps=1, timesteps=None, progress=None):
+            callback_steps=1, timesteps=None, progress=None, approximations=EXACT, unet_parts=None):
     """Runs the denoising loop in ``rows.mode`` from the start ``z`` (N, C, h, w) float32. Returns (x, the
     residual per step in mode "source", else None).
 
@@ -220,20 +234,40 @@ def denoise(unet, table, rows: Rows, z, context, dtype, *, x0=None, step_noise=N
     ``context`` holds the text embeddings of every row (:meth:`Rows.context`), or None for a model without text.
     ``timesteps`` is the table's timesteps as a device tensor (made here when not given: CUDA graphs pass their own).
     ``progress``, when given, is called once per step after its UNet call (a progress bar's update), in every
-    mode.
+    mode. ``approximations`` (rtcore.approximations): steps past its guidance cutoff run the conditional rows alone;
+    with a cache interval above 1, ``unet_parts`` = (full, shallow) (``Engines.unet_full``, ``unet_shallow``) run its
+    full and cached steps, each step's rows all alike.
     """
     check_table(table, rows.mode)
+    if approximations.caches and unet_parts is None:
+        raise ValueError("cache_interval > 1 needs a UNet with a shallow path (Engines.unet_full, unet_shallow)")
     if timesteps is None:
         timesteps = torch.as_tensor(table.timesteps, device=z.device)
     noise_at = {i: k for k, i in enumerate(noisy_steps(table))} if rows.source else {}
     recorded = [] if rows.mode == "source" else None
     x = y = z
     previous_x0 = None  # dpm++: x̂0 of the previous step
-    for i in range(len(table.timesteps)):
-        out = unet(rows.batch(y, x).to(dtype), timesteps[i:i + 1], context).float()
+    steps = len(table.timesteps)
+    plain = rows.unguided() if approximations.guidance_cutoff < 1 else rows  # past the cutoff
+    plain_context = rows.conditional(context) if plain is not rows and context is not None else context
+    deep = deep_rows = None  # feature caching: the last full step's deep features, and their rows
+    for i in range(steps):
+        step_rows = rows if approximations.guided_step(i, steps) else plain
+        step_context = context if step_rows is rows else plain_context
+        sample, t = step_rows.batch(y, x).to(dtype), timesteps[i:i + 1]
+        if not approximations.caches:
+            out = unet(sample, t, step_context)
+        elif approximations.full_step(i):
+            out, deep = unet_parts[0](sample, t, step_context)
+            deep_rows = step_rows
+        else:
+            if deep_rows is not step_rows:  # the cutoff fell between the full step and this one
+                deep, deep_rows = rows.conditional(deep), step_rows
+            out = unet_parts[1](sample, t, step_context, deep)
+        out = out.float()
         if progress is not None:
             progress()
-        out_src, out_tgt = rows.guided(out)
+        out_src, out_tgt = step_rows.guided(out)
         if rows.source:
             y_next = source_posterior(table, i, y, x0, step_noise[noise_at[i]] if i in noise_at else None)
             residual = y_next - ddim_mean(table, i, y, out_src)

@@ -14,6 +14,7 @@ x' = μ(x, ε) + σ·n.
 
 import torch
 
+from .approximations import Approximations
 from .images import MAX_PIXELS, check_pixels, preprocess
 from .pipeline import (
     Pipeline,
@@ -41,13 +42,14 @@ class StableDiffusion(Pipeline):
         return broadcast(prompts, n), broadcast(negatives, n), n
 
     def _run(self, table, rows, x, *, step_noise, prompts, negatives, output_type, return_dict, callback,
-             callback_steps, timings):
+             callback_steps, timings, approximations):
         """Text encoding, the loop (rtcore.sampling.denoise) from x, then decoding; each stage timed."""
         eng = self.engines
         with stage(timings, "text_encode", eng.device):
             context = rows.context(encode_prompts(eng, negatives + prompts), targets=prompts, negatives=negatives)
         with stage(timings, "denoise", eng.device), torch.inference_mode():
-            x, _ = self._denoise(table, rows, x, context, callback, callback_steps, step_noise=step_noise)
+            x, _ = self._denoise(table, rows, x, context, callback, callback_steps, approximations,
+                                 step_noise=step_noise)
         return self._finish(x, output_type, return_dict, timings)
 
     def _check_common(self, guidance_scale, eta, output_type, return_dict, callback, callback_steps):
@@ -57,10 +59,13 @@ class StableDiffusion(Pipeline):
 
     def text_to_image(self, prompt, height=None, width=None, num_inference_steps=50, guidance_scale=7.5,
                       negative_prompt=None, num_images_per_prompt=1, eta=0.0, generator=None, output_type="pil",
-                      return_dict=True, callback=None, callback_steps=1, scheduler="ddim"):
+                      return_dict=True, callback=None, callback_steps=1, scheduler="ddim", cache_interval=1,
+                      guidance_cutoff=1.0):
         """Generates images from noise (diffusers' StableDiffusionPipeline) with ``scheduler`` "ddim" (η applies)
-        or "dpm++2m" (DPM-Solver++(2M), deterministic: good images in 20–25 steps)."""
+        or "dpm++2m" (DPM-Solver++(2M), deterministic: good images in 20–25 steps). ``guidance_cutoff`` is diffusers'
+        SDCFGCutoffCallback(cutoff_step_ratio=...), ``cache_interval`` feature caching (rtcore.approximations)."""
         eng = self.engines
+        approximations = Approximations(cache_interval, guidance_cutoff)
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         output_type = self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
@@ -84,14 +89,15 @@ class StableDiffusion(Pipeline):
         step_noise = draws[1:] if len(draws) > 1 else None
         return self._run(table, rows, draws[0], step_noise=step_noise, prompts=prompts, negatives=negatives,
                          output_type=output_type, return_dict=return_dict, callback=callback,
-                         callback_steps=callback_steps, timings={})
+                         callback_steps=callback_steps, timings={}, approximations=approximations)
 
     def img2img(self, prompt, image, strength=0.8, num_inference_steps=50, guidance_scale=7.5, negative_prompt=None,
                 num_images_per_prompt=1, eta=0.0, generator=None, output_type="pil", return_dict=True,
-                callback=None, callback_steps=1):
+                callback=None, callback_steps=1, cache_interval=1, guidance_cutoff=1.0):
         """SDEdit: noises the encoded image to strength·T and denoises it toward ``prompt``
-        (diffusers' StableDiffusionImg2ImgPipeline with DDIM)."""
+        (diffusers' StableDiffusionImg2ImgPipeline with DDIM); the approximations as in :meth:`text_to_image`."""
         eng = self.engines
+        approximations = Approximations(cache_interval, guidance_cutoff)
         output_type = self._check_common(guidance_scale, eta, output_type, return_dict, callback, callback_steps)
         pixels = preprocess(image, eng.vae_scale_factor)
         self.check_size(*pixels.shape[2:], "image")
@@ -104,4 +110,5 @@ class StableDiffusion(Pipeline):
                                                num_step_draws=len(table) if eta > 0 else 0, timings=timings)
         return self._run(table, Rows("ddim", guidance_scale), x, step_noise=step_noise if eta > 0 else None,
                          prompts=prompts, negatives=negatives, output_type=output_type, return_dict=return_dict,
-                         callback=callback, callback_steps=callback_steps, timings=timings)
+                         callback=callback, callback_steps=callback_steps, timings=timings,
+                         approximations=approximations)

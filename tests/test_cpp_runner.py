@@ -88,3 +88,12 @@ def test_requests_the_cpp_runner_would_compute_wrongly_are_refused(pipe, tmp_pat
     with pytest.raises(ValueError, match="C\\+\\+ runner supports"):
         write_request(CycleDiffusion(engines), tmp_path / "request", sample_image(64, 64), "a", "b")
     assert not (tmp_path / "request").exists()
+
+
+@pytest.mark.parametrize("fast", [dict(cache_interval=3), dict(guidance_cutoff=0.5)])
+def test_fast_settings_are_refused_for_the_cpp_runner(pipe, tmp_path, fast):
+    """The C++ loop is the exact one: a request with feature caching or a guidance cutoff would not be what the
+    runner computes, so it is refused by name before anything is written."""
+    with pytest.raises(ValueError, match="the C\\+\\+ runner runs the exact loop only"):
+        write_request(pipe, tmp_path / "request", sample_image(64, 64), "a", "b", **fast)
+    assert not (tmp_path / "request").exists()

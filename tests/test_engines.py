@@ -41,13 +41,25 @@ def test_onnx_edit_matches_eager(onnx_dir, pipe, size):
     assert err <= 2e-3
 
 
+@pytest.mark.parametrize("settings", [dict(cache_interval=3), dict(cache_interval=2, guidance_cutoff=0.5)])
+def test_onnx_feature_caching_matches_eager(onnx_pipe, pipe, image, settings):
+    """The two UNet graphs (whole, with its deep features; shallow, from them) as eager's two paths."""
+    got = onnx_pipe(image=image, generator=torch.Generator().manual_seed(0), **ARGS, **settings).images
+    want = pipe(image=image, generator=torch.Generator().manual_seed(0), **ARGS, **settings).images
+    exact = pipe(image=image, generator=torch.Generator().manual_seed(0), **ARGS).images
+    assert np.abs(got - want).max() <= 2e-3 < np.abs(want - exact).max()
+
+
 def test_manifest_contents(onnx_dir):
     m = json.loads((onnx_dir / "manifest.json").read_text())
-    assert m["backend"] == "onnx" and m["dtype"] == "fp32" and m["format_version"] == 2
-    assert set(m["models"]) == {"text_encoder", "vae_encoder", "vae_decoder", "unet"}
+    assert m["backend"] == "onnx" and m["dtype"] == "fp32" and m["format_version"] == 3
+    assert set(m["models"]) == {"text_encoder", "vae_encoder", "vae_decoder", "unet", "unet_shallow"}
     assert len(m["checkpoint"]["fingerprint"]) == 64 and m["versions"]["torch"] == torch.__version__
     assert m["models"]["unet"]["inputs"] == ["sample", "timestep", "encoder_hidden_states"]
+    assert m["models"]["unet"]["outputs"] == ["out", "deep"]  # the deep features feature caching keeps
+    assert m["models"]["unet_shallow"]["inputs"] == ["sample", "timestep", "encoder_hidden_states", "deep"]
     assert m["models"]["unet"]["profile"]["sample"][2][0] == 4  # max rows = 4 × batch
+    assert m["models"]["unet_shallow"]["profile"]["deep"][2][0] == 4
 
 
 def _edit_manifest(path, **changes):
@@ -246,7 +258,7 @@ def test_compile_backend_matches_eager(compile_dir, pipe):
     from rtcore.demo import sample_image
 
     engine_dir = compile_dir
-    assert sorted(p.name for p in engine_dir.glob("*/model.pt2")) == ["model.pt2"] * 4
+    assert sorted(p.name for p in engine_dir.glob("*/model.pt2")) == ["model.pt2"] * 5
     compiled = load(engine_dir)
     image = sample_image(64, 64)
     got = compiled(image=image, generator=torch.Generator().manual_seed(0), **ARGS).images
@@ -254,6 +266,10 @@ def test_compile_backend_matches_eager(compile_dir, pipe):
     err = np.abs(got - want).max()
     print(f"compile vs eager: {err:.2e}")
     assert err <= 2e-3
+    fast = dict(cache_interval=3, guidance_cutoff=0.6)  # the two UNet packages, whole and shallow
+    got = compiled(image=image, generator=torch.Generator().manual_seed(0), **ARGS, **fast).images
+    want = pipe(image=image, generator=torch.Generator().manual_seed(0), **ARGS, **fast).images
+    assert np.abs(got - want).max() <= 2e-3
     with pytest.raises(ValueError, match="built for 64x64"):
         compiled(image=sample_image(64, 48), **ARGS)
     m = json.loads((engine_dir / "manifest.json").read_text())

@@ -8,6 +8,7 @@ recorded. The gpu tier repeats the check on CUDA with ``torch.cuda.set_sync_debu
 """
 
 import copy
+import dataclasses
 import warnings
 
 import numpy as np
@@ -175,7 +176,7 @@ def test_the_pipeline_falls_back_when_capture_fails_or_runs_out_of_memory(pipe, 
     for unet, message in ((syncing_unet, "capture failed .*not permitted when stream is capturing"),
                           (oom_unet, "ran out of memory .*Tried to allocate")):
         graphed = CycleDiffusion(pipe.engines, cuda_graphs=False)
-        graphed._graphed = GraphedDenoiser(unet, torch.device("cpu"))
+        graphed._graphed = GraphedDenoiser(dataclasses.replace(pipe.engines, unet=unet))
         with pytest.warns(UserWarning, match=message):
             got = graphed(image=image, generator=torch.Generator().manual_seed(0), **EDIT).images
         assert graphed._graphed is None and stub_cuda.current == stub_cuda.default and not stub_cuda.routed_pools
@@ -197,7 +198,7 @@ def test_every_sampler_replays_graphs_unless_a_callback_is_given(pipe, image, st
     plain_cycle, plain_sd = CycleDiffusion(pipe.engines, cuda_graphs=False), StableDiffusion(pipe.engines)
     for p in (cycle, sd, plain_cycle, plain_sd):
         p.set_progress_bar_config(disable=True)
-    graphed = cycle._graphed = sd._graphed = GraphedDenoiser(pipe.engines.unet, torch.device("cpu"))
+    graphed = cycle._graphed = sd._graphed = GraphedDenoiser(pipe.engines)
     seed = dict(generator=torch.Generator().manual_seed(0))
     calls = {
         "edit": lambda p: p(image=image, **EDIT, **seed).images,

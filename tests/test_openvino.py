@@ -34,12 +34,22 @@ def test_openvino_fp32_matches_eager(openvino_dirs, pipe, image):
     err = np.abs(_edit(engine, image) - _edit(pipe, image)).max()
     print(f"openvino fp32 vs eager fp32: {err:.2e}")
     assert err <= 2e-3
-    compiled = engine.engines.unet.compiled_model()
+    compiled = engine.engines.unet_full.compiled_model()
     # the precision is set, never left to OpenVINO (which picks bf16 by itself on an avx512_bf16 CPU)
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == torch.get_num_threads()
     # compiled for the shapes it was called with: 3 UNet rows (source, unconditional and target text) of 8×8
     assert [tuple(p.get_shape()) for p in compiled.inputs] == [(3, 4, 8, 8), (1,), (3, 77, 32)]
+
+
+def test_openvino_feature_caching_matches_eager(openvino_dirs, pipe, image):
+    engine = load(openvino_dirs["fp32"])
+    fast = dict(cache_interval=3, guidance_cutoff=0.6)
+    got = engine(image=image, generator=torch.Generator().manual_seed(0), **ARGS, **fast).images
+    want = pipe(image=image, generator=torch.Generator().manual_seed(0), **ARGS, **fast).images
+    assert np.abs(got - want).max() <= 2e-3
+    # the shallow graph compiled for the rows it ran with: 3 before the cutoff, 2 after
+    assert sorted(s[0][0] for s in engine.engines.unet_shallow.compiled) == [2, 3]
 
 
 def test_openvino_bf16_runs_in_bf16(openvino_dirs, pipe, image):
@@ -58,7 +68,7 @@ def test_openvino_bf16_runs_in_bf16(openvino_dirs, pipe, image):
     engine = load(openvino_dirs["bf16"])
     assert engine.engines.dtype == torch.bfloat16
     got, want = _edit(engine, image), _edit(pipe, image)
-    assert engine.engines.unet.compiled_model().get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+    assert engine.engines.unet_full.compiled_model().get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
     err = np.abs(got - want).max()
     psnr = 10 * np.log10(1 / np.mean((got - want) ** 2))
     print(f"openvino bf16 vs eager fp32: max {err:.2e}, PSNR {psnr:.1f} dB")
@@ -76,7 +86,7 @@ def test_openvino_engine_takes_other_sizes(openvino_dirs, pipe):
         image = sample_image(*size)
         assert np.abs(_edit(engine, image) - _edit(pipe, image)).max() <= 2e-3
     # one compiled model per input signature, the least recently used dropped past MAX_SHAPES
-    assert len(engine.engines.unet.compiled) == 3 and len(engine.engines.vae_decode.compiled) == 3
+    assert len(engine.engines.unet_full.compiled) == 3 and len(engine.engines.vae_decode.compiled) == 3
 
 
 @pytest.mark.slow  # NNCF
@@ -97,7 +107,8 @@ def test_openvino_int8_quantizes_the_unet_linear_layers(tiny_sd1, pipe, image, t
     assert len(int8_weights) >= 10  # every attention projection and feed-forward layer
     engine = load(engine_dir)
     got, want = _edit(engine, image), _edit(pipe, image)
-    assert engine.engines.unet.compiled_model().get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == OPENVINO_INT8_GROUP
+    unet = engine.engines.unet_full.compiled_model()
+    assert unet.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == OPENVINO_INT8_GROUP
     psnr = 10 * np.log10(1 / np.mean((got - want) ** 2))
     print(f"openvino int8 vs eager fp32: PSNR {psnr:.1f} dB")
     assert psnr >= 25

@@ -1,0 +1,66 @@
+"""Opt-in approximations that cut the UNet work of a denoising loop, and the named presets that choose them.
+
+- **Feature caching** (DeepCache, Ma et al., CVPR 2024): every ``cache_interval``-th step (the first included) runs
+  the whole UNet and keeps its deep features; the steps between run only its shallow path on them
+  (export/unet.py: ``UNet.forward_shallow``). 1: off.
+- **Guidance cutoff** (diffusers' ``SDCFGCutoffCallback``): the steps after the first ``int(K·guidance_cutoff)``
+  of the K steps run run without classifier-free guidance, so without their unconditional rows. 1.0: off.
+
+Both apply to every row of a step alike, the source's and the target's, so an identity edit (target prompt = source
+prompt at equal guidance) still reconstructs the source. The defaults are exact: with them every output is what it
+was without this module. docs/QUALITY.md measures what each setting costs in edit quality, and
+docs/BENCHMARKS.md what it saves in time, which is how the "fast" preset was chosen.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Named settings for the CLI (--preset), the services (the "preset" form field) and rtcore bench (--speed).
+PRESETS = {
+    "exact": {"cache_interval": 1, "guidance_cutoff": 1.0},
+    "fast": {"cache_interval": 3, "guidance_cutoff": 0.6},
+}
+
+
+@dataclass(frozen=True)
+class Approximations:
+    cache_interval: int = 1
+    guidance_cutoff: float = 1.0
+
+    def __post_init__(self):
+        interval = self.cache_interval
+        if isinstance(interval, (bool, np.bool_)) or not isinstance(interval, (int, np.integer)) or interval < 1:
+            raise ValueError(f"cache_interval must be an int >= 1 (1: no feature caching), got {interval!r}")
+        cutoff = self.guidance_cutoff
+        if (isinstance(cutoff, (bool, np.bool_)) or not isinstance(cutoff, (int, float, np.integer, np.floating))
+                or not math.isfinite(cutoff) or not 0.0 <= cutoff <= 1.0):
+            raise ValueError(f"guidance_cutoff must be a number in [0, 1] (1: guidance on every step), got "
+                             f"{cutoff!r}")
+
+    @property
+    def exact(self):
+        return self.cache_interval == 1 and self.guidance_cutoff >= 1.0
+
+    @property
+    def caches(self):
+        return self.cache_interval > 1
+
+    def full_step(self, i):
+        """Whether step i runs the whole UNet (else the shallow path on the last full step's deep features)."""
+        return i % self.cache_interval == 0
+
+    def guided_step(self, i, steps):
+        """Whether step i of ``steps`` runs classifier-free guidance (diffusers' cutoff: after step int(K·c), off)."""
+        return i <= int(steps * self.guidance_cutoff)
+
+
+EXACT = Approximations()
+
+
+def from_preset(name):
+    """The call arguments of a named preset (a copy)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return dict(PRESETS[name])
