@@ -125,10 +125,33 @@ def _diffusers_stages(pipe, run, device):
     return times
 
 
+TARGETS = ("An astronaut riding an elephant", "An astronaut riding a camel", "An astronaut riding a zebra",
+           "A knight riding a horse", "An astronaut riding a horse at night")
+
+
+def encode_once_edit_many(pipe, image, source_prompt, edits, settings, steps, strength, guidance_scale, device):
+    """``encode`` once, then ``edits`` ``edit`` calls toward other targets, each timed (the service pattern: one
+    photo, many prompts): {"encode_ms", "edit_ms" (summarize), "edits"}."""
+    encode = synchronized(lambda: pipe.encode(image=image, source_prompt=source_prompt, strength=strength,
+                                              num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                                              **settings), device)
+    start = time.perf_counter()
+    source = encode()
+    encode_ms = (time.perf_counter() - start) * 1e3
+    times = []
+    for k in range(edits):
+        edit = synchronized(lambda k=k: pipe.edit(source, prompt=TARGETS[k % len(TARGETS)],
+                                                  guidance_scale=guidance_scale, output_type="np", **settings), device)
+        start = time.perf_counter()
+        edit()
+        times.append(time.perf_counter() - start)
+    return {"encode_ms": encode_ms, "edit_ms": summarize(times), "edits": edits}
+
+
 def _load(name, source, device, dtype):
     """A pipeline name and where it loads from → (the pipeline, its load time in s)."""
     start = time.perf_counter()
-    pipe = _load_rtcore(name[7:], source, device, dtype) if name.startswith("rtcore ") else \
+    pipe = _load_rtcore(name[7:].split(" ")[0], source, device, dtype) if name.startswith("rtcore ") else \
         _diffusers(name, source, device, dtype)
     return pipe, time.perf_counter() - start
 
@@ -166,14 +189,20 @@ def _isolated(name, source, device, dtype, threads, size, batch, args):
 
 
 def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",), steps=50, strength=0.8,
-        guidance_scale=7.5, size=None, batch=1, dtype="fp32", runs=7, threads=1, device="cpu", peak_memory=False):
+        guidance_scale=7.5, size=None, batch=1, dtype="fp32", runs=7, threads=1, device="cpu", peak_memory=False,
+        speeds=("exact",), edits_per_encode=0):
+    """``speeds``: approximation settings (rtcore.approximations.named_settings: "exact", "fast", "cache3", ...)
+    each rtcore backend runs with, as pipelines of their own ("rtcore openvino@bf16 fast") on one loaded engine.
+    ``edits_per_encode`` > 0: each rtcore pipeline also encodes once and edits that many targets, each timed."""
     from diffusers.utils import logging
 
+    from rtcore.approximations import Approximations, named_settings
     from rtcore.demo import sample_image
     from rtcore.engines import resolve_dtype
     from rtcore.export import make_random_checkpoint
+    from rtcore.sampling import Rows
 
-    from .flops import peak_tflops, stage_flops
+    from .flops import denoise_flops, peak_tflops, stage_flops
 
     if threads:
         torch.set_num_threads(threads)
@@ -181,7 +210,10 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
     logging.disable_progress_bar()
     torch_dtype = resolve_dtype(dtype)
     size = size or PRESETS[preset][0]
-    names = [f"rtcore {b}" for b in backends] + list(peers)
+    speed_of = {(f"rtcore {b}" if s == "exact" else f"rtcore {b} {s}"): s for b in backends for s in speeds}
+    spec_of = {name: name[7:].split(" ")[0] for name in speed_of}
+    settings_of = {name: named_settings(s) for name, s in speed_of.items()}
+    names = list(speed_of) + list(peers)
     pipes, cold = {}, {}
     checkpoint_given = checkpoint is not None
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,12 +228,17 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()  # the previous pipeline's cached blocks are not counted as this one's
             before = memory_mb(device)
+            loaded = next((n for n in pipes if name in spec_of and spec_of.get(n) == spec_of[name]), None)
             try:
-                sources[name], built[name] = (_rtcore(name[7:], checkpoint, tmp, device, torch_dtype, size, batch)
-                                              if name.startswith("rtcore ") else (checkpoint, 0.0))
-                pipes[name], cold[name] = _load(name, sources[name], device, torch_dtype)
-                calls[name] = synchronized(lambda p=pipes[name]: p(
-                    generator=[torch.Generator().manual_seed(k) for k in range(batch)], **args), device)
+                if loaded is not None:  # another speed of a backend already loaded: the same engines
+                    sources[name], built[name], pipes[name], cold[name] = sources[loaded], 0.0, pipes[loaded], 0.0
+                else:
+                    sources[name], built[name] = (_rtcore(spec_of[name], checkpoint, tmp, device, torch_dtype, size,
+                                                          batch) if name in spec_of else (checkpoint, 0.0))
+                    pipes[name], cold[name] = _load(name, sources[name], device, torch_dtype)
+                extra = settings_of.get(name, {})
+                calls[name] = synchronized(lambda p=pipes[name], extra=extra: p(
+                    generator=[torch.Generator().manual_seed(k) for k in range(batch)], **args, **extra), device)
                 start = time.perf_counter()
                 calls[name]()
                 warmup[name] = time.perf_counter() - start
@@ -220,6 +257,13 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
                 start = time.perf_counter()
                 outputs[name] = calls[name]()
                 times[name].append(time.perf_counter() - start)
+        encode_edit = {}
+        if edits_per_encode:
+            for name in names:
+                if name in speed_of:
+                    encode_edit[name] = encode_once_edit_many(pipes[name], image, args["source_prompt"][0],
+                                                              edits_per_encode, settings_of[name], steps, strength,
+                                                              guidance_scale, device)
         stages = {}
         for name in names:
             if name.startswith("rtcore "):
@@ -234,15 +278,24 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
             calls.clear()
             gc.collect()
             for name in names:  # one process each, after the timed runs: nothing else is loaded in it
-                isolated[name] = _isolated(name, sources[name], device, dtype, torch.get_num_threads(), size, batch,
-                                           args)
+                if speed_of.get(name, "exact") == "exact":  # another speed holds the same engines
+                    isolated[name] = _isolated(name, sources[name], device, dtype, torch.get_num_threads(), size,
+                                               batch, args)
         k = int(steps * strength)
         # rows per step and prompts encoded per edit: rtcore skips the unused unconditional source row (w_s = 1)
         # and encodes each distinct prompt once; diffusers runs 4 rows and 4 prompt encodings
         flops = {"rtcore": stage_flops(checkpoint, size, size, 3 if guidance_scale > 1 else 2, 3, k),
                  "diffusers": stage_flops(checkpoint, size, size, 4 if guidance_scale > 1 else 2, 4, k)}
+        # the UNet FLOPs of each speed's loop, counted: its rows step by step, whole or shallow
+        for speed in speeds:
+            flops[f"rtcore {speed}"] = dict(flops["rtcore"], denoise=denoise_flops(
+                flops["rtcore"], k, Rows("cycle", guidance_scale), Approximations(**named_settings(speed))))
 
-    reference = outputs[names[0]].images  # rtcore eager's, unless it failed
+    # each rtcore pipeline against the first of the same speed (rtcore eager's, unless it failed); diffusers against
+    # the first exact one
+    first_of = {}
+    for name in names:
+        first_of.setdefault(speed_of.get(name, "exact"), name)
     hdr = header(device)
     results = {}
     baseline = every_name[-1] if peers else None
@@ -253,12 +306,15 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         total_ms = t["median_ms"]
         stage_ms["host_overhead"] = max(total_ms - sum(stage_ms.values()), 0.0)
         stage_ms["denoise_per_step"] = stage_ms["denoise"] / k
-        fl = flops["rtcore" if name.startswith("rtcore") else "diffusers"]
+        fl = flops[f"rtcore {speed_of[name]}" if name in speed_of else "diffusers"]
         achieved = {s: batch * fl[s] / (stage_ms[s] / 1e3) / 1e12 for s in STAGES if stage_ms[s] > 0}
         peak_tf = peak_tflops(hdr["device_name"], dtype) if torch.device(device).type == "cuda" else None
+        reference = outputs[first_of[speed_of.get(name, "exact")]].images
         err = float(np.abs(outputs[name].images - reference).max())
         drift = psnr(outputs[name].images, reference)  # images in [0, 1]
-        pipe_dtype = parse_spec(name[7:], dtype)[3] if name.startswith("rtcore ") else torch_dtype
+        pipe_dtype = parse_spec(spec_of[name], dtype)[3] if name in spec_of else torch_dtype
+        exact = f"rtcore {spec_of[name]}" if name in spec_of else None
+        exact_ms = summarize(times[exact])["median_ms"] if exact in times and exact != name else None
         # same dtype as the reference: equal up to rounding; another precision: close (a wrong edit is ~10 dB)
         tolerance = 1e-3 if torch_dtype == torch.float32 else HALF_PRECISION_PIXEL_TOLERANCE
         correct = err <= tolerance if pipe_dtype == torch_dtype else drift >= 25
@@ -269,6 +325,10 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
             tflops=achieved, fraction_of_peak={s: v / peak_tf for s, v in achieved.items()} if peak_tf else None,
             device_memory_mb=memory[name][0], host_rss_mb=memory[name][1],
             ratio_vs_baseline=total_ms / base if base else None,
+            speed=speed_of.get(name), unet_tflop_per_edit=batch * fl["denoise"] / 1e12,
+            ratio_vs_exact=total_ms / exact_ms if exact_ms else None,
+            psnr_db_vs_exact=psnr(outputs[name].images, outputs[exact].images) if exact_ms else None,
+            encode_edit=encode_edit.get(name),
             max_abs_err_vs_rtcore_eager=err, correct=bool(correct))
     results.update({name: {"error": error, "correct": False} for name, error in failed.items()})
     return {
@@ -277,7 +337,7 @@ def run(preset="tiny", checkpoint=None, backends=("eager",), peers=("diffusers",
         "settings": dict(preset=preset, size=size, steps=steps, strength=strength, guidance_scale=guidance_scale,
                          batch=batch, dtype=dtype, runs=runs, threads=torch.get_num_threads(),
                          checkpoint=str(checkpoint) if checkpoint_given else None,
-                         baseline=baseline, reference=names[0], flops=flops),
+                         baseline=baseline, reference=first_of, speeds=list(speeds), flops=flops),
         "results": results,
     }
 
@@ -305,12 +365,18 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="bench_out")
     parser.add_argument("--compare", default=None, help="an earlier bench_edit.json: flag regressions")
+    parser.add_argument("--speed", default="exact",
+                        help="approximation settings each rtcore backend also runs with, comma-separated: exact, "
+                             "fast, cacheN, cutoffC, cacheN+cutoffC (rtcore.approximations)")
+    parser.add_argument("--edits-per-encode", type=int, default=0,
+                        help="also encode once and edit N targets with each rtcore pipeline, each edit timed")
     parser.add_argument("--peak-memory", action="store_true",
                         help="also run each pipeline alone in a fresh process: cached load, first edit, peak RSS")
     args = parser.parse_args(argv)
     report = run(args.preset, args.checkpoint, tuple(filter(None, args.backends.split(","))),
                  tuple(filter(None, args.peers.split(","))), args.steps, args.strength, args.guidance_scale,
-                 args.size, args.batch, args.dtype, args.runs, args.threads, args.device, args.peak_memory)
+                 args.size, args.batch, args.dtype, args.runs, args.threads, args.device, args.peak_memory,
+                 tuple(filter(None, args.speed.split(","))), args.edits_per_encode)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.compare:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from rtcore import shapes
+from rtcore.approximations import named_settings
 from rtcore.metrics import colour_contrast, psnr
 
 from .common import header
@@ -114,32 +115,10 @@ def run_edits(cycle, sd, method, scenes, targets, strength, steps, guidance, see
     return np.clip(np.rint(out.images * 255), 0, 255).astype(np.uint8)
 
 
-# The approximation settings the benchmark compares (rtcore.approximations): presets by name, "cacheN" for feature
-# caching every N steps, "cutoffC" for a guidance cutoff at C, joined by "+".
+# The approximation settings the benchmark compares (rtcore.approximations.named_settings): presets by name, "cacheN"
+# for feature caching every N steps, "cutoffC" for a guidance cutoff at C, joined by "+".
 APPROXIMATIONS = ("exact", "cache2", "cache3", "cache4", "cache5", "cutoff0.4", "cutoff0.6", "cutoff0.8",
                   "cache4+cutoff0.8", "cache4+cutoff0.6", "cache5+cutoff0.8", "fast")
-
-
-def approximation_settings(name):
-    """A setting's name → the call arguments (cache_interval, guidance_cutoff), checked."""
-    from rtcore.approximations import PRESETS, Approximations
-
-    if name in PRESETS:
-        return dict(PRESETS[name])
-    settings = {}
-    for part in name.split("+"):
-        try:
-            if part.startswith("cache"):
-                settings["cache_interval"] = int(part[len("cache"):])
-            elif part.startswith("cutoff"):
-                settings["guidance_cutoff"] = float(part[len("cutoff"):])
-            else:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"approximation setting {name!r}: use a preset name, cacheN, cutoffC or both joined "
-                             "by '+'") from None
-    Approximations(**settings)  # refuses bad values by name
-    return settings
 
 
 def approximation_flops(model, settings, steps, strength, guidance):
@@ -358,7 +337,7 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_gu
     report["approximations"] = []
     report["approximation_steps"] = approximation_steps
     for name in approximations:
-        settings = approximation_settings(name)
+        settings = named_settings(name)
         for kind in KINDS:
             targets = edit_targets(scenes, kind)
             for strength in strengths:
@@ -433,7 +412,7 @@ def main(argv=None):
     approximations = [a for a in args.approximations.split(",") if a]
     try:
         for name in approximations:
-            approximation_settings(name)
+            named_settings(name)
     except ValueError as err:
         parser.error(f"--approximations: {err}")
     report = run(args.model, args.images, strengths, args.steps, args.guidance_scale,

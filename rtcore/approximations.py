@@ -64,3 +64,24 @@ def from_preset(name):
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     return dict(PRESETS[name])
+
+
+def named_settings(name):
+    """The call arguments a setting's name stands for, checked: a preset ("fast"), "cacheN" (feature caching every
+    N steps), "cutoffC" (guidance cutoff at C), or both joined by "+" ("cache4+cutoff0.8"). The benchmarks' names."""
+    if name in PRESETS:
+        return dict(PRESETS[name])
+    settings = {}
+    for part in name.split("+"):
+        try:
+            if part.startswith("cache"):
+                settings["cache_interval"] = int(part[len("cache"):])
+            elif part.startswith("cutoff"):
+                settings["guidance_cutoff"] = float(part[len("cutoff"):])
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"approximation setting {name!r}: use a preset ({', '.join(PRESETS)}), cacheN, cutoffC, "
+                             "or both joined by '+'") from None
+    Approximations(**settings)  # refuses bad values by name
+    return settings

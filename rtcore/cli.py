@@ -25,11 +25,27 @@ def _edit(args):
     result = pipe(prompt=args.prompt, source_prompt=args.source_prompt, image=image, strength=args.strength,
                   num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                   source_guidance_scale=args.source_guidance_scale, eta=args.eta,
-                  generator=torch.Generator().manual_seed(args.seed))
+                  generator=torch.Generator().manual_seed(args.seed), **_approximations(args))
     _save(result.images[0], out)
     if not args.quiet:
         stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in result.timings.items())
         print(f"wrote {out} (load {load_s * 1e3:.0f} ms; {stages})")
+
+
+def _approximations(args):
+    """--preset, with --cache-interval / --guidance-cutoff over it: the pipeline call's arguments, checked."""
+    from rtcore.approximations import Approximations, from_preset
+
+    settings = from_preset(args.preset)
+    if args.cache_interval is not None:
+        settings["cache_interval"] = args.cache_interval
+    if args.guidance_cutoff is not None:
+        settings["guidance_cutoff"] = args.guidance_cutoff
+    try:
+        Approximations(**settings)
+    except ValueError as err:
+        raise ValueError(f"--{str(err).replace('_', '-', 1)}") from None  # the flag's name, not the argument's
+    return settings
 
 
 def _check_sampling(args):
@@ -45,6 +61,7 @@ def _check_sampling(args):
         value = getattr(args, name, None)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    _approximations(args)
 
 
 def _check_out(out, overwrite, inputs=()):
@@ -77,7 +94,8 @@ def _generate(args):
     out = _check_out(args.out, args.overwrite, inputs=(args.image,) if args.command == "img2img" else ())
     pipe = StableDiffusion.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
-                  negative_prompt=args.negative_prompt, generator=torch.Generator().manual_seed(args.seed))
+                  negative_prompt=args.negative_prompt, generator=torch.Generator().manual_seed(args.seed),
+                  **_approximations(args))
     if args.command == "img2img":
         result = pipe.img2img(args.prompt, load_image(args.image), strength=args.strength, **common)
     else:
@@ -155,6 +173,21 @@ def _output_options(parser, what="output image file (.png/.jpg/.webp)"):
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+def _approximation_options(parser):
+    """How much UNet work to skip (rtcore.approximations): a named preset, or its two settings."""
+    from rtcore.approximations import PRESETS
+
+    parser.add_argument("--preset", default="exact", choices=sorted(PRESETS),
+                        help="exact (default) or fast: feature caching and a guidance cutoff, fewer UNet FLOPs at "
+                             "the quality cost docs/QUALITY.md measures")
+    parser.add_argument("--cache-interval", type=int, default=None,
+                        help="run the whole UNet every N steps, the shallow path on its cached features between "
+                             "(1: off; overrides the preset)")
+    parser.add_argument("--guidance-cutoff", type=float, default=None,
+                        help="classifier-free guidance on the first fraction of the steps only (1: all; overrides "
+                             "the preset)")
+
+
 def _sampling_options(parser, steps=50, strength=0.8, guidance_scale=7.5, eta=0.1):
     """The loop's settings, with each command's defaults; ``strength=None``: the command has none."""
     parser.add_argument("--steps", type=int, default=steps, help=f"num_inference_steps (default {steps})")
@@ -178,6 +211,7 @@ def build_parser():
     _output_options(edit)
     _sampling_options(edit)
     edit.add_argument("--source-guidance-scale", type=float, default=1.0)
+    _approximation_options(edit)
     _engine_options(edit)
     edit.add_argument("--quiet", action="store_true", help="no progress bar or timing line")
     edit.set_defaults(run=_edit)
@@ -224,6 +258,7 @@ def build_parser():
         gen.add_argument("--negative-prompt", default=None)
         _output_options(gen)
         _sampling_options(gen, strength=0.8 if name == "img2img" else None, eta=0.0)
+        _approximation_options(gen)
         _engine_options(gen)
         if name == "img2img":
             gen.add_argument("--image", required=True)

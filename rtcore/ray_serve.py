@@ -19,7 +19,8 @@ import torch
 
 from .service import MAX_PIXELS, MAX_UPLOAD_BYTES, EditService, Limits, edit_one, png_bytes, stop_when
 
-GROUP_KEYS = ("strength", "num_inference_steps", "guidance_scale", "source_guidance_scale", "eta")
+GROUP_KEYS = ("strength", "num_inference_steps", "guidance_scale", "source_guidance_scale", "eta", "cache_interval",
+              "guidance_cutoff")
 
 
 class RtcoreEditor:

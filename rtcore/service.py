@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .approximations import from_preset
 from .images import ImageTooLarge, open_image
 
 MAX_UPLOAD_BYTES = 20 << 20
@@ -132,7 +133,7 @@ async def parse_edit_request(request, limits: Limits) -> EditRequest:
         raise ValueError("POST /edit takes multipart/form-data with an image file and prompt fields")
     body = await _read_body(request, limits.max_upload_bytes)
     try:
-        form = await Request(request.scope, _replay(body)).form(max_files=1, max_fields=len(FIELDS) + 2)
+        form = await Request(request.scope, _replay(body)).form(max_files=1, max_fields=len(FIELDS) + 3)
     except Exception as err:  # noqa: BLE001  (malformed multipart bodies raise parser-specific errors)
         raise ValueError(f"malformed multipart body: {err}") from None
     upload = form.get("image")
@@ -148,6 +149,11 @@ async def parse_edit_request(request, limits: Limits) -> EditRequest:
     for name, kind in FIELDS.items():
         if form.get(name) is not None:
             kwargs[name] = _field(form, name, kind)
+    preset = form.get("preset")
+    if preset is not None:  # exact or fast (rtcore.approximations): the feature caching and guidance cutoff it names
+        if not isinstance(preset, str):
+            raise ValueError("preset must be a text field")
+        kwargs.update(from_preset(preset))
     return EditRequest(image=image, kwargs=kwargs, seed=kwargs.pop("seed", 0))
 
 

@@ -128,3 +128,18 @@ def test_a_pipeline_that_fails_is_a_failed_row_and_the_rest_are_measured(tmp_pat
     assert eager["correct"] and eager["median_ms"] > 0
     assert "| rtcore onnx@bf16 | **FAILED**: ValueError: dtype bf16" in markdown(report)
     assert chart(report, tmp_path / "chart.png").stat().st_size > 0
+
+
+def test_the_harness_times_each_speed_on_one_engine_and_counts_its_flops(tmp_path):
+    """--speed: each approximation setting is a pipeline of its own on the same loaded engine, timed against the
+    exact edit in the same run, with its UNet FLOPs counted; --edits-per-encode times encode once, edit many."""
+    from rtcore.bench.report import markdown
+
+    report = main(["--preset", "tiny", "--backends", "eager", "--speed", "exact,fast", "--peers", "", "--steps", "10",
+                   "--runs", "1", "--edits-per-encode", "2", "--out", str(tmp_path)])
+    exact, fast = report["results"]["rtcore eager"], report["results"]["rtcore eager fast"]
+    assert fast["ratio_vs_exact"] > 0 and fast["cold_start_ms"] == 0  # the exact pipeline's engines, reused
+    assert fast["unet_tflop_per_edit"] < 0.7 * exact["unet_tflop_per_edit"] and fast["psnr_db_vs_exact"] < 60
+    assert fast["correct"] and fast["encode_edit"]["edits"] == 2
+    text = markdown(report)
+    assert "| rtcore eager fast |" in text.split("Faster settings")[1] and "Encode once, edit many" in text

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import PIL.Image
 import pytest
 
@@ -58,12 +59,24 @@ def test_edit_never_overwrites_without_asking(tiny_sd1, input_png, tmp_path):
 
 
 @pytest.mark.parametrize("extra,name", [(["--strength", "1.5"], "--strength"), (["--eta", "-1"], "--eta"),
-                                        (["--steps", "0"], "--steps"), (["--guidance-scale", "nan"], "--guidance")])
+                                        (["--steps", "0"], "--steps"), (["--guidance-scale", "nan"], "--guidance"),
+                                        (["--cache-interval", "0"], "--cache-interval"),
+                                        (["--preset", "fast", "--guidance-cutoff", "2"], "--guidance-cutoff")])
 def test_edit_bad_values_exit_2_naming_the_flag_before_loading(input_png, tmp_path, extra, name):
     # a model folder that does not exist: the flag is refused before anything tries to load it
     status, stderr = in_process(*edit_args(tmp_path / "no-model", input_png, tmp_path / "o.png", *extra))
     assert status == 2 and name in stderr and "not found" not in stderr
     assert "Traceback" not in stderr
+
+
+def test_edit_with_the_fast_preset(tiny_sd1, input_png, tmp_path):
+    out = tmp_path / "fast.png"
+    status, stderr = in_process(*edit_args(tiny_sd1, input_png, out, "--preset", "fast", "--quiet"))
+    assert status == 0, stderr
+    status, stderr = in_process(*edit_args(tiny_sd1, input_png, tmp_path / "exact.png", "--quiet"))
+    assert status == 0, stderr
+    fast, exact = (np.asarray(PIL.Image.open(p), dtype=int) for p in (out, tmp_path / "exact.png"))
+    assert fast.shape == exact.shape and np.abs(fast - exact).max() > 0  # the preset reached the pipeline
 
 
 def test_edit_missing_model(input_png, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from http_helpers import FIELDS, Server, get, multipart, pixel_bomb, png, post, post_chunked, rss_mb
 
+from rtcore.approximations import from_preset
 from rtcore.demo import sample_image
 from rtcore.serve import create_app
 
@@ -38,7 +39,17 @@ def test_edit_returns_the_pipelines_image(server, pipe):
     assert np.abs(served.astype(int) - np.asarray(direct).astype(int)).max() <= 1
 
 
+def test_the_preset_field_reaches_the_pipeline(server, pipe):
+    status, data = post(server.port, fields=dict(FIELDS, preset="fast"))
+    assert status == 200, data
+    served = np.asarray(PIL.Image.open(io.BytesIO(data)))
+    direct = pipe(prompt=FIELDS["prompt"], source_prompt=FIELDS["source_prompt"], image=sample_image(64, 64),
+                  num_inference_steps=4, generator=torch.Generator().manual_seed(3), **from_preset("fast")).images[0]
+    assert np.abs(served.astype(int) - np.asarray(direct).astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize("kwargs,needle", [
+    (dict(fields=dict(FIELDS, preset="fastest")), "preset must be one of"),
     (dict(image=False), "image is required"),
     (dict(fields=dict(FIELDS, strength="2")), "strength"),
     (dict(fields=dict(FIELDS, num_inference_steps="many")), "num_inference_steps"),
