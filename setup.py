@@ -11,8 +11,9 @@ from setuptools import setup
 # diffusers is the test oracle only; 0.42.1 is the version the parity facts were checked against. triton runs the
 # kernel tests on the CPU under its interpreter; CUDA torch wheels bring their own triton. kernels: Hugging Face's
 # package, which transformers imports, so that tests/test_import_names.py always has it.
+# selenium drives Debian's chromium in tests/test_page.py (through Debian's chromedriver: nothing is downloaded).
 TEST = ["pytest", "pytest-benchmark", "diffusers==0.42.1", "ruff", "triton", "onnx", "openvino", "nncf", "matplotlib",
-        "kernels", "starlette", "uvicorn", "prometheus-client", "python-multipart", "ray[serve]"]
+        "kernels", "starlette", "uvicorn", "prometheus-client", "python-multipart", "ray[serve]", "selenium"]
 
 setup(
     name="rtcore",
@@ -24,8 +25,10 @@ setup(
     packages=["rtcore", "rtcore.kernels", "rtcore.export", "rtcore.bench"],
     package_dir={"rtcore": "rtcore", "rtcore.kernels": "kernels", "rtcore.export": "export", "rtcore.bench": "bench"},
     # the one trained model that ships with rtcore (rtcore.export.train_shapes): fp16 safetensors, configs, tokenizer
+    # and the page rtcore serve answers GET / with
     package_data={"rtcore": ["models/rtcore-shapes/*.json", "models/rtcore-shapes/*/*.json",
-                             "models/rtcore-shapes/*/*.txt", "models/rtcore-shapes/*/*.safetensors"]},
+                             "models/rtcore-shapes/*/*.txt", "models/rtcore-shapes/*/*.safetensors",
+                             "web/*.html"]},
     install_requires=[
         "torch>=2.1",
         "numpy",

@@ -147,7 +147,8 @@ def _serve(args):
     serve(args.model, host=args.host, port=args.port, backend=args.backend, device=args.device, dtype=args.dtype,
           max_concurrency=args.max_concurrency, max_queue=args.max_queue, timeout_s=args.timeout,
           max_pixels=args.max_pixels, max_upload_bytes=args.max_upload_mb and args.max_upload_mb << 20, ray=args.ray,
-          num_replicas=args.num_replicas)
+          num_replicas=args.num_replicas, max_batch=args.max_batch,
+          batch_wait_s=None if args.batch_wait_ms is None else args.batch_wait_ms / 1e3)
 
 
 def _demo(args):
@@ -238,8 +239,15 @@ def build_parser():
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     _engine_options(srv)
-    srv.add_argument("--max-concurrency", type=int, default=1, help="edits running at once")
-    srv.add_argument("--max-queue", type=int, default=8, help="edits waiting; beyond this: 429")
+    srv.add_argument("--max-concurrency", type=int, default=1, help="pipeline calls running at once")
+    srv.add_argument("--max-queue", type=int, default=8,
+                     help="edits waiting beyond max-concurrency x max-batch; beyond this: 429")
+    # their defaults are rtcore.batching's (which needs the serve extra, so the CLI does not import it to start)
+    srv.add_argument("--max-batch", type=int, default=None,
+                     help="requests sharing their settings run as one call of up to this many images (1: no "
+                          "batching; default: rtcore.batching.MAX_BATCH)")
+    srv.add_argument("--batch-wait-ms", type=float, default=None,
+                     help="how long a request waits for others to batch with (default: rtcore.batching.BATCH_WAIT_S)")
     srv.add_argument("--timeout", type=float, default=60.0, help="seconds per request; beyond this: 504")
     srv.add_argument("--max-pixels", type=int, default=None,
                      help="largest uploaded image, width x height, read from its header before decoding "
@@ -280,7 +288,8 @@ def build_parser():
     tr.set_defaults(run=_translate)
 
     sub.add_parser("bench", help="benchmark rtcore backends against diffusers (see rtcore bench --help); "
-                                 "rtcore bench quality: edit quality on the shipped model")
+                                 "rtcore bench quality: edit quality on the shipped model; rtcore bench load: "
+                                 "rtcore serve under concurrent clients")
     sub.add_parser("selfcheck", help="on a GPU: check and measure every GPU path, write docs/BENCHMARKS.md "
                                      "(see rtcore selfcheck --help)")
     demo = sub.add_parser("demo", help="edit a held-out shapes scene three ways with the shipped model (offline)")
@@ -297,6 +306,11 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "load"]:  # rtcore serve under concurrent clients: rtcore bench load --help
+        from rtcore.bench.load import main as load_main
+
+        load_main(argv[2:])
+        return 0
     if argv[:2] == ["bench", "quality"]:  # edit quality on the shipped model: rtcore bench quality --help
         from rtcore.bench.quality import main as quality_main
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 
 import anyio
 import PIL.Image
-import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from .approximations import from_preset
 from .images import ImageTooLarge, open_image
@@ -157,6 +156,46 @@ async def parse_edit_request(request, limits: Limits) -> EditRequest:
     return EditRequest(image=image, kwargs=kwargs, seed=kwargs.pop("seed", 0))
 
 
+# -- the page (GET /) and the sample scenes it offers -------------------------------------------------------------
+
+SAMPLE_SCENES = 12  # held-out scenes of the shipped model's world (rtcore.shapes) that the page offers
+
+
+def page():
+    """GET /: a plain HTML/JS page to try an edit (rtcore/web/index.html; nothing fetched from elsewhere)."""
+    import importlib.resources
+
+    return HTMLResponse(importlib.resources.files("rtcore").joinpath("web/index.html").read_text())
+
+
+def _sample_scenes():
+    from . import shapes
+
+    return shapes.held_out(SAMPLE_SCENES)
+
+
+def samples():
+    """GET /samples: the sample scenes, each with its caption and a suggested edit (another colour)."""
+    from . import shapes
+
+    listing = []
+    for k, scene in enumerate(_sample_scenes()):
+        colour = [c for c in shapes.COLOURS if c != scene.colour][k % (len(shapes.COLOURS) - 1)]
+        listing.append({"id": k, "caption": scene.caption,
+                        "suggested_prompt": shapes.with_attribute(scene, "colour", colour).caption})
+    return JSONResponse(listing)
+
+
+def sample_png(k):
+    """GET /samples/{k}.png: sample scene k as a PNG (404 past the last)."""
+    from . import shapes
+
+    if not 0 <= k < SAMPLE_SCENES:
+        return JSONResponse({"error": f"no sample {k}: there are {SAMPLE_SCENES} (0 to {SAMPLE_SCENES - 1})"},
+                            status_code=404)
+    return Response(png_bytes(shapes.image(_sample_scenes()[k])), media_type="image/png")
+
+
 def png_bytes(image):
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -169,13 +208,6 @@ def stop_when(*cancels):
         if all(c.is_set() for c in cancels):
             raise Cancelled("the edit was cancelled")
     return check
-
-
-def edit_one(pipe, item: EditRequest):
-    """One request on its own pipeline call → PNG bytes; stops at the next step once the request is cancelled."""
-    out = pipe(image=item.image, generator=torch.Generator().manual_seed(item.seed), output_type="pil",
-               callback=stop_when(item.cancel), **item.kwargs)
-    return png_bytes(out.images[0])
 
 
 class EditService:
@@ -197,6 +229,8 @@ class EditService:
         self.queue_depth = Gauge("rtcore_queue_depth", "edit requests admitted and not finished",
                                  registry=self.registry)
         self.errors = Counter("rtcore_errors_total", "failed edit requests by kind", ["kind"], registry=self.registry)
+        self.batch_sizes = Histogram("rtcore_batch_size", "requests per pipeline call", registry=self.registry,
+                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
 
     def _enter(self):
         with self._lock:
@@ -216,8 +250,10 @@ class EditService:
         return JSONResponse({"error": message}, status_code=status)
 
     async def handle_edit(self, request, run, watch_disconnect=True):
-        """POST /edit: parse, admit, ``await run(item)`` → PNG bytes under the deadline. ``watch_disconnect``
-        polls the client connection (Ray Serve cancels the handler itself when its client goes away)."""
+        """POST /edit: parse, admit, ``await run(item)`` → an rtcore.batching.EditResult under the deadline, sent
+        as the PNG with its stage timings (Server-Timing, ms) and batch size (X-Rtcore-Batch-Size).
+        ``watch_disconnect`` polls the client connection (Ray Serve cancels the handler itself when its client goes
+        away)."""
         start = time.perf_counter()
         response = await self._handle_edit(request, run, watch_disconnect)
         self.latency.labels(status=str(response.status_code)).observe(time.perf_counter() - start)
@@ -235,7 +271,7 @@ class EditService:
             # exceptions are kept, not raised: a task group would wrap them in an ExceptionGroup
             try:
                 with anyio.fail_after(self.timeout_s):
-                    outcome["png"] = await run(item)
+                    outcome["result"] = await run(item)
             except TimeoutError:
                 outcome["error"] = TimeoutError(f"edit did not finish within {self.timeout_s} s")
             except Exception as err:  # noqa: BLE001  (mapped by the status table)
@@ -260,7 +296,10 @@ class EditService:
             self._leave()
         if "error" in outcome:
             return self.error_response(outcome["error"])
-        return Response(outcome["png"], media_type="image/png")
+        result = outcome["result"]
+        timing = ", ".join(f"{stage};dur={seconds * 1e3:.1f}" for stage, seconds in result.timings.items())
+        return Response(result.png, media_type="image/png",
+                        headers={"Server-Timing": timing, "X-Rtcore-Batch-Size": str(result.batch_size)})
 
     def healthz(self):
         eng = self.pipe.engines

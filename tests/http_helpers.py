@@ -54,8 +54,9 @@ FIELDS = dict(prompt="An astronaut riding an elephant", source_prompt="An astron
               num_inference_steps="4", seed="3")
 
 
-def post(port, fields=FIELDS, image=True, body=None, content_type=None, timeout=60, path="/edit"):
-    """POST /edit → (status, body bytes); ``image``: True for the 64x64 sample, False for none, or PNG bytes."""
+def post(port, fields=FIELDS, image=True, body=None, content_type=None, timeout=60, path="/edit", headers=False):
+    """POST /edit → (status, body bytes), and the response headers (lower-case names) with ``headers``; ``image``:
+    True for the 64x64 sample, False for none, or PNG bytes."""
     if body is None:
         data = png(sample_image(64, 64)) if image is True else (image or None)
         body, content_type = multipart(fields, data)
@@ -64,6 +65,8 @@ def post(port, fields=FIELDS, image=True, body=None, content_type=None, timeout=
     response = conn.getresponse()
     data = response.read()
     conn.close()
+    if headers:
+        return response.status, data, {k.lower(): v for k, v in response.getheaders()}
     return response.status, data
 
 

@@ -52,7 +52,7 @@ def ray_app(tiny_sd1):
 def local_app(pipe):
     from rtcore.serve import create_app
 
-    srv = Server(create_app(pipe, max_concurrency=1, **LIMITS))
+    srv = Server(create_app(pipe, max_concurrency=1, max_batch=1, **LIMITS))
     yield srv.port
     srv.stop()
 
@@ -133,20 +133,11 @@ def test_metrics_through_ray(ray_app):
     assert status == 200 and b'rtcore_errors_total{kind="bad_request"}' in data
 
 
-def test_one_bad_item_fails_only_its_own_request(tiny_sd1, pipe):
-    """A batched group whose pipeline call fails is run item by item: the others still get their images."""
-    from rtcore.ray_serve import RtcoreEditor
-    from rtcore.service import EditRequest
-
-    editor = RtcoreEditor(str(tiny_sd1))
-    common = dict(source_prompt="a horse", num_inference_steps=4)
-    items = [EditRequest(sample_image(64, 64), dict(common, prompt="a dog"), 1),
-             EditRequest(sample_image(64, 64), dict(common, prompt=42), 2),  # not a prompt: TypeError
-             EditRequest(sample_image(64, 64), dict(common, prompt="a cat"), 3)]
-    results = editor.edit_batch(items)
-    assert isinstance(results[1], TypeError) and "prompt" in str(results[1])
-    for k in (0, 2):
-        alone = pipe(image=sample_image(64, 64), generator=torch.Generator().manual_seed(items[k].seed),
-                     **items[k].kwargs).images[0]
-        got = np.asarray(PIL.Image.open(io.BytesIO(results[k]))).astype(int)
-        assert np.abs(got - np.asarray(alone).astype(int)).max() <= 1
+@pytest.mark.parametrize("prefix", ["", "/small"])
+def test_ray_serves_the_page_and_its_samples(ray_app, prefix):
+    status, page = get(ray_app, f"{prefix}/")
+    assert status == 200 and b'<form id="edit-form">' in page
+    status, samples = get(ray_app, f"{prefix}/samples")
+    assert status == 200 and len(json.loads(samples)) == 12
+    status, scene = get(ray_app, f"{prefix}/samples/3.png")
+    assert status == 200 and scene.startswith(b"\x89PNG")

@@ -76,7 +76,7 @@ def test_concurrent_requests_all_succeed(server):
 
 
 def test_backpressure_429_when_the_queue_is_full(pipe):
-    srv = Server(create_app(pipe, max_concurrency=1, max_queue=1, timeout_s=60))
+    srv = Server(create_app(pipe, max_concurrency=1, max_queue=1, timeout_s=60, max_batch=1))  # 2 admitted at most
     try:
         slow = dict(FIELDS, num_inference_steps="60", strength="1.0")
         with ThreadPoolExecutor(max_workers=6) as pool:
@@ -180,3 +180,15 @@ def test_unexpected_errors_are_500_without_a_traceback():
 def test_odd_numbers_in_the_form_are_400(server, fields, needle):
     status, data = post(server.port, fields=fields)
     assert status == 400 and needle in json.loads(data)["error"], data
+
+
+def test_the_page_and_its_sample_scenes(server):
+    status, page = get(server.port, "/")
+    assert status == 200 and b"<script>" in page and b"http" not in page.split(b"<script>")[1]  # nothing fetched
+    status, listing = get(server.port, "/samples")
+    samples = json.loads(listing)
+    assert status == 200 and len(samples) == 12 and samples[0]["caption"] != samples[0]["suggested_prompt"]
+    status, scene = get(server.port, "/samples/0.png")
+    assert status == 200 and PIL.Image.open(io.BytesIO(scene)).size == (64, 64)
+    status, missing = get(server.port, "/samples/12.png")
+    assert status == 404 and "there are 12" in json.loads(missing)["error"]
