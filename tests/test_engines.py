@@ -314,3 +314,18 @@ print(type(first).__name__, type(second).__name__)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["CycleDiffusion", "CycleDiffusion"]
+
+
+def test_every_exported_graph_declares_a_profile_for_each_input(tiny_sd1):
+    """TensorRT builds each contract with the min/opt/max shapes of every input: the shallow UNet's deep features
+    included (the CPU-visible part of a TensorRT engine with feature caching)."""
+    from rtcore.export import load_checkpoint
+    from rtcore.export.contracts import contracts
+
+    ckpt = load_checkpoint(tiny_sd1)
+    for name, contract in contracts(ckpt, 64, 48, 2).items():
+        assert set(contract.profile) == set(contract.inputs), name
+        for (lo, opt, hi), sample in zip((contract.profile[n] for n in contract.inputs), contract.sample):
+            assert tuple(opt) == tuple(sample.shape) and lo[0] <= opt[0] <= hi[0], name
+    shallow = contracts(ckpt, 64, 48, 2)["unet_shallow"]
+    assert shallow.profile["deep"][2] == (8, ckpt.unet.deep_channels, 8, 6)  # 4 rows × batch 2, 64×48 / 8

@@ -51,7 +51,7 @@ def meta_unets(pipe):
     return {"eager": plain, "kernels+int8": fused.to("meta")}
 
 
-def _run(unet, table, rows):
+def _run(unet, table, rows, **loop):
     meta = torch.device("meta")
     z = torch.empty(2, 4, 8, 8, device=meta)
     timesteps = torch.as_tensor(table.timesteps).to(meta)  # made outside the loop, as GraphedDenoiser does
@@ -65,7 +65,7 @@ def _run(unet, table, rows):
     else:
         kwargs = dict(x0=z, step_noise=torch.empty(len(noisy_steps(table)), 2, 4, 8, 8, device=meta))
     with DeviceOnly() as probe:
-        x, recorded = denoise(unet, table, rows, z, context, torch.float32, timesteps=timesteps, **kwargs)
+        x, recorded = denoise(unet, table, rows, z, context, torch.float32, timesteps=timesteps, **kwargs, **loop)
     return probe, x, recorded
 
 
@@ -84,6 +84,20 @@ def test_the_loop_stays_on_the_device(pipe, meta_unets, unet_kind, mode, scales)
     assert probe.violations == []
     assert x.device.type == "meta"
     assert (recorded is not None) == (mode == "source")
+
+
+@pytest.mark.parametrize("mode", ["cycle", "source", "ddim", "dpm++"])
+def test_the_loop_with_caching_and_cutoff_stays_on_the_device(pipe, meta_unets, mode):
+    """Feature caching and the guidance cutoff capture too: the cut of the context and of the kept features to the
+    conditional rows are device views and one cat, never an index tensor copied in from the host."""
+    from rtcore.approximations import Approximations
+
+    table = dpm_table(pipe.engines.scheduler, 6) if mode == "dpm++" else step_table(pipe.engines.scheduler, 6, 1.0,
+                                                                                     0.1)
+    unet = meta_unets["kernels+int8"]
+    probe, x, _ = _run(unet, table, Rows(mode, 7.5, 2.0), approximations=Approximations(2, 0.5),
+                       unet_parts=(unet.forward_full, unet.forward_shallow))
+    assert probe.calls > 100 and probe.violations == [] and x.device.type == "meta"
 
 
 def test_the_probe_catches_host_traffic(pipe, meta_unets):
