@@ -67,6 +67,7 @@ STAGES = (
     Stage("sd21", 360, "as sd15, at 512² (768² with --sd21-size 768: ~2.3× the FLOPs per row, ~+60 s)"),
 )
 BY_NAME = {s.name: s for s in STAGES}
+SPEEDS = ("exact", "fast")  # each rtcore backend of an SD stage edits exactly and with the fast preset (no new build)
 
 
 def available():
@@ -111,7 +112,7 @@ def describe(stage, avail, device, sd21_size=512):
         return "python -m rtcore.bench.kernels (do_bench: CUDA events, L2 flushed)"
     preset, size, backends, peers = benchmark(stage, avail, device, sd21_size)
     return (f"rtcore bench --preset {preset} --size {size} --device {device} --dtype fp16 "
-            f"--backends {','.join(backends)} --peers {','.join(peers)} --runs 3")
+            f"--backends {','.join(backends)} --peers {','.join(peers)} --speed {','.join(SPEEDS)} --runs 3")
 
 
 # -- the stages ----------------------------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def run_stage(stage, avail, device, workdir, sd21_size):
 
     preset, size, backends, peers = benchmark(stage, avail, device, sd21_size)
     return run_edit(preset, size=size, backends=tuple(backends), peers=tuple(peers), runs=3, dtype="fp16",
-                    device=device)
+                    device=device, speeds=SPEEDS)
 
 
 def failures(stage, results):
