@@ -287,7 +287,8 @@ def main(argv=None):
     parser.add_argument("--stage", default="", help=f"stages to run, comma-separated, of: {', '.join(BY_NAME)} "
                                                     "(default: all, in that order)")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="device time available: stages whose estimate does not fit what is left are skipped")
+                        help="device time available: a stage is skipped when its estimate does not fit what is left, "
+                             "by the estimates in the plan and by the time the stages before it really took")
     parser.add_argument("--sd21-size", type=int, default=512, choices=(512, 768), help="SD 2.1's image side")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/BENCHMARKS.md")
@@ -329,6 +330,9 @@ def _run(rows, avail, args):
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         for stage, runs, why in rows:
+            left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - start)
+            if runs and left is not None and BY_NAME[stage].estimate_s > left:  # the stages before took longer
+                runs, why = False, f"skipped: its estimate {BY_NAME[stage].estimate_s} s exceeds the {left:.0f} s left"
             if not runs:
                 print(f"== {stage}: {why}", flush=True)
                 continue

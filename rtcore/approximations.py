@@ -3,8 +3,9 @@
 - **Feature caching** (DeepCache, Ma et al., CVPR 2024): every ``cache_interval``-th step (the first included) runs
   the whole UNet and keeps its deep features; the steps between run only its shallow path on them
   (export/unet.py: ``UNet.forward_shallow``). 1: off.
-- **Guidance cutoff** (diffusers' ``SDCFGCutoffCallback``): the steps after the first ``int(K·guidance_cutoff)``
-  of the K steps run run without classifier-free guidance, so without their unconditional rows. 1.0: off.
+- **Guidance cutoff** (diffusers' ``SDCFGCutoffCallback``): of the K steps a loop runs, those after step
+  ``int(K·guidance_cutoff)`` (counting from 0) run without classifier-free guidance, so without their unconditional
+  rows. 1.0: off.
 
 Both apply to every row of a step alike, the source's and the target's, so an identity edit (target prompt = source
 prompt at equal guidance) still reconstructs the source. The defaults are exact: with them every output is what it

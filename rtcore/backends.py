@@ -297,7 +297,8 @@ def _load_model(backend, engine_dir, entry, device, dtype, providers):
 
 
 def load_engines(engine_dir, device="cpu", providers=None, check_hashes=True) -> Engines:
-    """Validates ``engine_dir`` for ``device`` (versions, GPU, artifact hashes) and loads its four engines."""
+    """Validates ``engine_dir`` for ``device`` (versions, GPU, artifact hashes) and loads its models (five graphs:
+    the UNet is two)."""
     from transformers import CLIPTokenizer  # the tokenizer only: no modelling code
 
     engine_dir, device = Path(engine_dir), resolve_device(device)

@@ -32,20 +32,39 @@ class EditResult:
     batch_size: int = 1  # requests in that call
 
 
+def _call_defaults():
+    """The defaults of CycleDiffusion.__call__ for GROUP_KEYS: a setting a request leaves out is that default."""
+    import inspect
+
+    from .cycle_diffusion import CycleDiffusion
+
+    parameters = inspect.signature(CycleDiffusion.__call__).parameters
+    return {name: parameters[name].default for name in GROUP_KEYS}
+
+
+DEFAULTS = _call_defaults()
+
+
+def settings(item: EditRequest):
+    """A request's GROUP_KEYS settings, each the request's own or the pipeline call's default."""
+    return {name: item.kwargs.get(name, DEFAULTS[name]) for name in GROUP_KEYS}
+
+
 def group_key(item: EditRequest):
-    """What requests must share to run as one call: the image size and every setting of GROUP_KEYS."""
-    return item.image.size, tuple(item.kwargs.get(name) for name in GROUP_KEYS)
+    """What requests must share to run as one call: the image size and every setting of GROUP_KEYS (a setting left
+    out equals it given as its default, so a request from the page, which names them all, batches with one that
+    does not)."""
+    return item.image.size, tuple(settings(item).values())
 
 
 def edit_group(pipe, items):
     """Requests of one group → one :class:`EditResult` each, from one pipeline call; it stops early only when every
     member has been cancelled."""
-    settings = {k: items[0].kwargs[k] for k in GROUP_KEYS if k in items[0].kwargs}
     out = pipe(prompt=[item.kwargs["prompt"] for item in items],
                source_prompt=[item.kwargs["source_prompt"] for item in items],
                image=[item.image for item in items],
                generator=[torch.Generator().manual_seed(item.seed) for item in items],
-               output_type="pil", callback=stop_when(*(item.cancel for item in items)), **settings)
+               output_type="pil", callback=stop_when(*(item.cancel for item in items)), **settings(items[0]))
     return [EditResult(png_bytes(image), dict(out.timings), len(items)) for image in out.images]
 
 
@@ -76,7 +95,7 @@ def edit_batch(pipe, items, observe_batch=None):
     return results
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a request's image is not compared pixel by pixel
 class _Waiting:
     item: EditRequest
     key: tuple

@@ -61,7 +61,8 @@ def _check_sampling(args):
         value = getattr(args, name, None)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    _approximations(args)
+    if hasattr(args, "preset"):  # translate has no approximation options
+        _approximations(args)
 
 
 def _check_out(out, overwrite, inputs=()):

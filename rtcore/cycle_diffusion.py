@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .approximations import Approximations
+from .approximations import EXACT, Approximations
 from .images import preprocess
 from .pipeline import (
     Pipeline,
@@ -44,6 +44,7 @@ class EncodedSource:
     table: StepTable
     z: torch.Tensor  # (N, C, h, w) float32 on the engine device
     residuals: list  # one (N, C, h, w) float32 tensor per step
+    approximations: Approximations = EXACT  # what the source half ran with: edit's default
 
     @property
     def num_items(self):
@@ -90,15 +91,19 @@ class CycleDiffusion(Pipeline):
         with stage(timings, "denoise", self.engines.device), torch.inference_mode():
             _, residuals = self._denoise(table, rows, z, context, approximations=approximations, x0=x0,
                                          step_noise=step_noise)
-        return EncodedSource(table=table, z=z, residuals=residuals)
+        return EncodedSource(table=table, z=z, residuals=residuals, approximations=approximations)
 
     def edit(self, source: EncodedSource, prompt, guidance_scale=7.5, output_type="pil", return_dict=True,
-             callback=None, callback_steps=1, cache_interval=1, guidance_cutoff=1.0):
-        """The target half: edits an encoded source toward ``prompt`` (one, or a list sharing the source)."""
+             callback=None, callback_steps=1, cache_interval=None, guidance_cutoff=None):
+        """The target half: edits an encoded source toward ``prompt`` (one, or a list sharing the source).
+        ``cache_interval``/``guidance_cutoff`` left as None are the ones the source was encoded with, which is what
+        makes encode + edit equal the full call; others are allowed, but then the two halves differ."""
         if not isinstance(source, EncodedSource):
             raise TypeError(f"source must be the EncodedSource returned by encode(), got {type(source).__name__}")
         check_number(guidance_scale, "guidance_scale")
-        approximations = Approximations(cache_interval, guidance_cutoff)
+        encoded = source.approximations
+        approximations = Approximations(encoded.cache_interval if cache_interval is None else cache_interval,
+                                        encoded.guidance_cutoff if guidance_cutoff is None else guidance_cutoff)
         output_type = check_output(output_type, return_dict, callback, callback_steps)
         targets = as_prompt_list(prompt, "prompt")
         n = batch_size(prompt=targets, source=[None] * source.num_items)

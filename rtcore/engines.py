@@ -1,4 +1,4 @@
-"""Engines: the four compiled (or eager) models behind plain call signatures, plus what the runtime needs to
+"""Engines: the compiled (or eager) models behind plain call signatures, plus what the runtime needs to
 know about them. Pipelines only ever call these; backends only ever produce them.
 
     text_encode(input_ids (P, 77) int64)            → embeddings (P, 77, C)

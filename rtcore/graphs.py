@@ -89,12 +89,15 @@ def _end_failed_capture(graph, pool, device):
 
 
 def _end_allocation_to_pool(pool, device):
-    """What ``capture_end()`` skips when it throws: the allocator's end of routing the capture to ``pool``."""
+    """What ``capture_end()`` skips when it throws before the allocator hears of it: the end of routing the
+    capture's allocations to ``pool``, and the release of the reference to the pool that ``capture_begin()`` took
+    (a graph whose capture never ended does not release it when it is destroyed, so the pool could never be freed)."""
     index = device.index if device.index is not None else cuda.current_device()
     try:
         cuda.memory._cuda_endAllocateToPool(index, pool)
     except RuntimeError:  # "not currently recording to mempool_id": capture_end got that far after all
-        pass
+        return
+    cuda.memory._cuda_releasePool(index, pool)
 
 
 class _Graph:

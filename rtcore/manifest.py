@@ -184,12 +184,20 @@ def _check_structure(engine_dir, m, how):
                              f"files, config, shapes, versions); {how}")
 
 
+# What every engine directory rtcore has written holds besides its manifest (export.build)
+ENGINE_LAYOUT = ("scheduler/scheduler_config.json", "tokenizer", "step_table.txt")
+
+
 def is_engine_directory(path):
-    """Whether ``path`` is a directory rtcore built: one that holds its ``manifest.json``. A manifest that no longer
-    validates (stale, edited, truncated) still counts, so that --overwrite and the cache can replace it; a user's
-    folder, even one with a manifest.json of its own, does not."""
-    manifest = Path(path) / MANIFEST
-    if Path(path).is_symlink() or not Path(path).is_dir() or not manifest.is_file():
+    """Whether ``path`` is a directory rtcore built: rtcore's layout (ENGINE_LAYOUT) and a ``manifest.json`` of
+    rtcore's. A manifest that no longer validates (stale, edited, truncated) still counts, so that --overwrite and the
+    cache can replace it; a user's folder does not, even one with a manifest.json that names a format_version of its
+    own (web apps' and game packs' do)."""
+    root = Path(path)
+    manifest = root / MANIFEST
+    if root.is_symlink() or not root.is_dir() or not manifest.is_file():
+        return False
+    if not all((root / part).exists() for part in ENGINE_LAYOUT):
         return False
     with open(manifest, "rb") as f:
         head = f.read(64)
@@ -199,7 +207,8 @@ def is_engine_directory(path):
         parsed = json.loads(manifest.read_text())  # one rewritten with another key order
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return isinstance(parsed, dict) and "format_version" in parsed
+    return (isinstance(parsed, dict) and "format_version" in parsed and parsed.get("backend") in BACKEND_DEPENDENCIES
+            and isinstance(parsed.get("models"), dict))
 
 
 # Partial folders beside an engine directory: .NAME.building-HOST-PID-ID while a build writes it, and

@@ -218,11 +218,12 @@ class Pipeline:
     def _graphs_off(self, err):
         if self._graphed is None:
             return  # another call has said so already
-        self._graphed = None  # its graphs, and with them their share of the memory pool, go with it
+        # its graphs go with it, and the pool memory they held returns to the caching allocator for the plain loop
+        # (not emptied to the device here: another thread's capture may be underway, which empty_cache forbids)
+        self._graphed = None
         what = "capture failed" if isinstance(err, CaptureError) else "ran out of memory"
         warnings.warn(f"CUDA graph {what} ({err}); running the denoising loop without graphs from now on",
                       stacklevel=4)
-        torch.cuda.empty_cache()  # what the pool held goes back to the device for the plain loop
 
     @classmethod
     def from_pretrained(cls, path, backend=None, device="cpu", dtype=None, kernels=False, int8=False, height=None,

@@ -26,12 +26,17 @@ class StubCuda:
         self.device_index = 0  # the thread's current device
         self.streams = {}  # device → streams made for it
         self.routed_pools = []  # the caching allocator's captures underway (beginAllocateToPool's list)
-        self.memory = types.SimpleNamespace(_cuda_endAllocateToPool=self._end_allocate_to_pool)
+        self.pool_references = {}  # pool → references taken by capture_begin and not yet released
+        self.memory = types.SimpleNamespace(_cuda_endAllocateToPool=self._end_allocate_to_pool,
+                                            _cuda_releasePool=self._release_pool)
 
     def _end_allocate_to_pool(self, device, pool):
         if pool not in self.routed_pools:
             raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
         self.routed_pools.remove(pool)
+
+    def _release_pool(self, device, pool):
+        self.pool_references[pool] -= 1
 
     def graph_pool_handle(self):
         return object()
@@ -88,6 +93,7 @@ class _StubGraph:
         assert self.cuda.current != self.cuda.default, "CUDA graphs must be captured on a non-default stream"
         self.stream, self.cuda.capturing, self.pool = self.cuda.current, self, pool
         self.cuda.routed_pools.append(pool)
+        self.cuda.pool_references[pool] = self.cuda.pool_references.get(pool, 0) + 1  # graph.reset releases it
 
     def capture_end(self):
         if self.cuda.current != self.stream:

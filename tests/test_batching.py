@@ -11,6 +11,7 @@ import pytest
 import torch
 from http_helpers import FIELDS, Server, get, post
 
+from rtcore import CycleDiffusion
 from rtcore.batching import EditResult, edit_batch, group_key
 from rtcore.demo import sample_image
 from rtcore.serve import create_app
@@ -52,6 +53,10 @@ def test_only_requests_with_the_same_settings_and_size_share_a_call():
     assert group_key(a) != group_key(EditRequest(sample_image(64, 48), dict(FIELDS, num_inference_steps=4), 1))
     assert group_key(a) != group_key(EditRequest(sample_image(64, 64), dict(FIELDS, num_inference_steps=4,
                                                                            cache_interval=3), 1))
+    # a setting left out is the call's default: the page names every setting, an API client may name none
+    named = dict(FIELDS, num_inference_steps=50, strength=0.8, cache_interval=1, guidance_cutoff=1.0)
+    assert group_key(EditRequest(sample_image(64, 64), named, 1)) == group_key(
+        EditRequest(sample_image(64, 64), {"prompt": "a", "source_prompt": "b"}, 2))
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +93,26 @@ def test_a_request_with_other_settings_is_not_batched_with_them(batching_server,
     assert np.abs(served - alone(pipe, fields[2])).max() <= 1
 
 
-def test_a_bad_request_in_a_batch_gets_its_own_400(batching_server):
-    fields = [dict(FIELDS, seed="5"), dict(FIELDS, seed="6", guidance_scale="1e38")]  # the second: NaN latents
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda f: post(batching_server.port, fields=f), fields))
-    assert results[0][0] == 200
-    assert results[1][0] == 500 and "NaN" in json.loads(results[1][1])["error"]
+def test_a_failing_request_in_a_served_batch_fails_alone(pipe):
+    """Two requests of one group share a call; the call fails on one of them, so both are rerun alone: the good one
+    gets its image, the bad one its own error (a pipeline that refuses one prompt stands in for any such item)."""
+
+    class RefusesOnePrompt(CycleDiffusion):
+        def __call__(self, prompt, *args, **kwargs):
+            if "refused" in (prompt if isinstance(prompt, list) else [prompt]):
+                raise ValueError("prompt: 'refused' is refused")
+            return super().__call__(prompt, *args, **kwargs)
+
+    srv = Server(create_app(RefusesOnePrompt(pipe.engines), max_batch=4, batch_wait_s=0.5))
+    try:
+        fields = [dict(FIELDS, seed="5"), dict(FIELDS, seed="6", prompt="refused")]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(lambda f: post(srv.port, fields=f, headers=True), fields))
+        assert results[0][0] == 200 and results[0][2]["x-rtcore-batch-size"] == "1"  # rerun alone
+        served = np.asarray(PIL.Image.open(io.BytesIO(results[0][1]))).astype(int)
+        assert np.abs(served - alone(pipe, fields[0])).max() <= 1
+        assert results[1][0] == 400 and "'refused' is refused" in json.loads(results[1][1])["error"]
+        _, metrics = get(srv.port, "/metrics")
+        assert b"rtcore_batch_size_count 3.0" in metrics  # the failed call of two, then each alone
+    finally:
+        srv.stop()

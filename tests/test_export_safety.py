@@ -103,13 +103,17 @@ def test_overwrite_replaces_an_engine_directory(onnx_dir, tiny_sd1, tmp_path):
     assert validate(out, "cpu") and no_partial_folders(tmp_path)
 
 
-def test_a_truncated_manifest_still_marks_an_engine_directory(onnx_dir, tmp_path, photos):
+def test_a_truncated_manifest_still_marks_an_engine_directory(onnx_dir, tmp_path, photos, checkpoint):
     out = Path(shutil.copytree(onnx_dir, tmp_path / "engine"))
     manifest = out / "manifest.json"
     manifest.write_bytes(manifest.read_bytes()[:100])
     assert is_engine_directory(out) and not is_engine_directory(photos)
-    (photos / "manifest.json").write_text(f'{{"format": {FORMAT_VERSION}}}')
-    assert not is_engine_directory(photos)
+    # other tools' manifests name a format_version too, even first (a game's resource pack does)
+    for text in (f'{{"format": {FORMAT_VERSION}}}', '{\n  "format_version": 2,\n  "header": {"name": "pack"}\n}',
+                 f'{{"format_version": {FORMAT_VERSION}, "backend": "onnx", "models": {{}}}}'):
+        (photos / "manifest.json").write_text(text)
+        assert not is_engine_directory(photos), text
+    refused(checkpoint, photos, FileExistsError, "not an rtcore engine directory")
 
 
 def test_the_cache_never_replaces_a_users_folder(checkpoint, tmp_path, monkeypatch, photos):
@@ -127,7 +131,7 @@ def test_the_cache_never_replaces_a_users_folder(checkpoint, tmp_path, monkeypat
 def test_partial_folders_of_live_processes_and_other_hosts_are_kept(tmp_path):
     out = tmp_path / "engine"
     mine = partial_directory(out)  # this process is alive
-    other_host = out.with_name(f".engine.building-not-{socket.gethostname()}-1-0123abcd")
+    other_host = out.with_name(f".engine.building-not-{socket.gethostname()}-{dead_pid()}-0123abcd")
     dead = out.with_name(f".engine.stale-{socket.gethostname()}-{dead_pid()}-0123abcd")
     for folder in (mine, other_host, dead):
         folder.mkdir()

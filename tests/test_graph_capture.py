@@ -140,6 +140,7 @@ def test_a_failed_capture_restores_the_stream_and_names_the_cause(stub_cuda):
     assert stub_cuda.current == stub_cuda.default  # the caller is back on its own stream
     assert stub_cuda.capturing is None  # and the capture is over
     assert stub_cuda.routed_pools == []  # and the allocator no longer routes (nor defers frees) for it
+    assert set(stub_cuda.pool_references.values()) == {0}  # nor does the failed graph keep the pool alive
 
 
 def test_out_of_memory_in_a_capture_is_not_a_capture_failure(stub_cuda):
