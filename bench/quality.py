@@ -39,7 +39,7 @@ from rtcore.approximations import named_settings
 from rtcore.metrics import colour_contrast, psnr
 
 from .common import header
-from .quality_report import markdown, plot, plot_approximations
+from .quality_report import approximations_markdown, markdown, plot, plot_approximations
 
 KINDS = ("colour", "shape", "background")
 VALUES = {"colour": tuple(shapes.COLOURS), "shape": shapes.SHAPES, "background": shapes.BACKGROUNDS}
@@ -280,8 +280,39 @@ def load(model, variant):
     return cycle, sdedit
 
 
+def compare_approximations(cycle, sd, model, scenes, names, kinds, strengths, steps, guidance, seed, log=print):
+    """CycleDiffusion edits of ``kinds`` with each approximation setting of ``names`` (its exact edit included by
+    name), at ``steps`` (the default edit's 50): rows of scores with the UNet FLOPs per edit as a fraction of exact."""
+    rows = []
+    for name in names:
+        settings = named_settings(name)
+        for kind in kinds:
+            targets = edit_targets(scenes, kind)
+            for strength in strengths:
+                start = time.perf_counter()
+                edited = run_edits(cycle, sd, "cycle", scenes, targets, strength, steps, guidance, seed, settings)
+                scores = score(scenes, targets, kind, edited)
+                rows.append({"setting": name, **settings, "kind": kind, "strength": strength, **scores,
+                             "unet_flops_fraction": approximation_flops(model, settings, steps, strength, guidance),
+                             "seconds": time.perf_counter() - start})
+                log(f"{name:<16} {kind:<10} strength {strength:.2f}: success {scores['success']:.0%}  PSNR kept "
+                    f"{scores['psnr_kept'] or float('nan'):.1f} dB  IoU {scores.get('iou') or float('nan'):.2f}")
+    return rows
+
+
+def run_approximations(model, n_images, strengths, guidance, seed, names, kinds, steps=50, log=print):
+    """The approximation comparison alone (``rtcore bench quality --approximations-only``): a report with the
+    header and its rows."""
+    scenes = shapes.held_out(n_images)
+    cycle, sd = load(model, "fp32")
+    return {**header(), "model": str(model), "images": n_images, "guidance_scale": guidance, "seed": seed,
+            "strengths": list(strengths), "approximation_steps": steps,
+            "approximations": compare_approximations(cycle, sd, model, scenes, names, kinds, strengths, steps,
+                                                     guidance, seed, log)}
+
+
 def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_guidance=(), log=print,
-        approximations=(), approximation_steps=50):
+        approximations=(), approximation_steps=50, approximation_kinds=("colour", "shape")):
     scenes = shapes.held_out(n_images)
     report = {**header(), "model": str(model), "images": n_images, "steps": steps, "guidance_scale": guidance,
               "seed": seed, "strengths": list(strengths), "edits": [], "drift": []}
@@ -333,25 +364,9 @@ def run(model, n_images, strengths, steps, guidance, precisions, seed, colour_gu
             report["colour_guidance"].append({"guidance_scale": g, "strength": strength, **scores})
             log(f"colour cycle guidance {g:g} strength {strength:.2f}: success {scores['success']:.0%}  "
                 f"IoU {scores['iou']:.2f}  shift {scores['shift'] or float('nan'):.1f} px")
-    # CycleDiffusion with each approximation setting, at the default edit's step count: what the presets cost
-    report["approximations"] = []
     report["approximation_steps"] = approximation_steps
-    for name in approximations:
-        settings = named_settings(name)
-        for kind in KINDS:
-            targets = edit_targets(scenes, kind)
-            for strength in strengths:
-                start = time.perf_counter()
-                edited = run_edits(cycle, sd, "cycle", scenes, targets, strength, approximation_steps, guidance,
-                                   seed, settings)
-                scores = score(scenes, targets, kind, edited)
-                report["approximations"].append({
-                    "setting": name, **settings, "kind": kind, "strength": strength, **scores,
-                    "unet_flops_fraction": approximation_flops(model, settings, approximation_steps, strength,
-                                                               guidance),
-                    "seconds": time.perf_counter() - start})
-                log(f"{name:<16} {kind:<10} strength {strength:.2f}: success {scores['success']:.0%}  PSNR kept "
-                    f"{scores['psnr_kept'] or float('nan'):.1f} dB  IoU {scores.get('iou') or float('nan'):.2f}")
+    report["approximations"] = compare_approximations(cycle, sd, model, scenes, approximations, approximation_kinds,
+                                                      strengths, approximation_steps, guidance, seed, log)
     for variant in precisions:
         if variant == "fp32":
             continue
@@ -391,6 +406,10 @@ def main(argv=None):
                              "cacheN, cutoffC, or both joined by '+' ('' for none)")
     parser.add_argument("--approximation-steps", type=int, default=50,
                         help="steps of the approximation comparison (default 50: the default edit's)")
+    parser.add_argument("--approximation-kinds", default="colour,shape",
+                        help="edit kinds of the approximation comparison (default: the two its bar is set on)")
+    parser.add_argument("--approximations-only", action="store_true",
+                        help="run the approximation comparison alone: quality_approximations.json, .md and .png")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="bench_out/quality")
@@ -415,11 +434,25 @@ def main(argv=None):
             named_settings(name)
     except ValueError as err:
         parser.error(f"--approximations: {err}")
-    report = run(args.model, args.images, strengths, args.steps, args.guidance_scale,
-                 [p for p in args.precisions.split(",") if p], args.seed, colour_guidance,
-                 approximations=approximations, approximation_steps=args.approximation_steps)
+    kinds = [k for k in args.approximation_kinds.split(",") if k]
+    if not set(kinds) <= set(KINDS):
+        parser.error(f"--approximation-kinds: each of {', '.join(KINDS)}, got {args.approximation_kinds!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.approximations_only:
+        if not approximations:
+            parser.error("--approximations-only needs --approximations")
+        report = run_approximations(args.model, args.images, strengths, args.guidance_scale, args.seed,
+                                    approximations, kinds, args.approximation_steps)
+        (out / "quality_approximations.json").write_text(json.dumps(report, indent=2))
+        (out / "quality_approximations.md").write_text(approximations_markdown(report) + "\n")
+        plot_approximations(report, out / "quality_approximations.png")
+        print(approximations_markdown(report))
+        return report
+    report = run(args.model, args.images, strengths, args.steps, args.guidance_scale,
+                 [p for p in args.precisions.split(",") if p], args.seed, colour_guidance,
+                 approximations=approximations, approximation_steps=args.approximation_steps,
+                 approximation_kinds=kinds)
     (out / "quality.json").write_text(json.dumps(report, indent=2))
     (out / "quality.md").write_text(markdown(report))
     plot(report, out / "quality.png")
