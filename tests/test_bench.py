@@ -143,3 +143,22 @@ def test_the_harness_times_each_speed_on_one_engine_and_counts_its_flops(tmp_pat
     assert fast["correct"] and fast["encode_edit"]["edits"] == 2
     text = markdown(report)
     assert "| rtcore eager fast |" in text.split("Faster settings")[1] and "Encode once, edit many" in text
+
+
+def test_the_fast_preset_does_at_least_2_5x_fewer_unet_flops_in_a_default_sd15_edit(tmp_path):
+    """Issue's bar, counted: a default edit (50 steps × 0.8, guidance 7.5, 512²) with the fast preset."""
+    from rtcore.approximations import PRESETS, Approximations
+    from rtcore.bench.flops import denoise_flops
+    from rtcore.export.tiny import CLIP_L14, SD15_UNET, SD_VAE
+    from rtcore.sampling import Rows
+
+    for name, cfg in (("unet", SD15_UNET), ("vae", SD_VAE), ("text_encoder", CLIP_L14)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+    flops = stage_flops(tmp_path, 512, 512, unet_rows=3, prompts=3, steps=40)
+    assert flops["unet_shallow_per_row"] / flops["unet_per_row"] == pytest.approx(0.224, abs=0.005)
+    exact = denoise_flops(flops, 40, Rows("cycle"), Approximations())
+    assert exact == flops["denoise"]  # the exact loop counts as before
+    fast = denoise_flops(flops, 40, Rows("cycle"), Approximations(**PRESETS["fast"]))
+    print(f"fast preset: {exact / fast:.2f}x fewer UNet FLOPs")
+    assert exact / fast >= 2.5
