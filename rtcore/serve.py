@@ -26,7 +26,8 @@ from .service import MAX_PIXELS, MAX_UPLOAD_BYTES, EditService, Limits, page, sa
 
 def create_app(pipe, max_concurrency=1, max_queue=8, timeout_s=60.0, max_pixels=MAX_PIXELS,
                max_upload_bytes=MAX_UPLOAD_BYTES, max_batch=MAX_BATCH, batch_wait_s=BATCH_WAIT_S):
-    """A Starlette app serving ``pipe`` (a CycleDiffusion). Each app has its own Prometheus registry."""
+    """A Starlette app serving ``pipe`` (a CycleDiffusion; serving turns its progress bar off). Each app has its own
+    Prometheus registry."""
     check_positive_int(max_batch, "max_batch")
     if not 0 <= batch_wait_s <= 10:
         raise ValueError(f"batch_wait_s must be in [0, 10] seconds, got {batch_wait_s!r}")

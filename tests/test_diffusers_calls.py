@@ -53,6 +53,7 @@ def test_denoising_shows_a_progress_bar_by_default_and_disable_silences_it(tiny_
 
 
 def test_progress_bar_takes_an_iterable_or_a_total(pipe, capsys):
+    pipe.set_progress_bar_config()  # the shared pipeline may have served (a service silences its bar): tqdm's defaults
     assert list(pipe.progress_bar(range(3))) == [0, 1, 2]
     with pipe.progress_bar(total=4) as bar:
         bar.update(4)
