@@ -153,7 +153,8 @@ def test_quality_benchmark_writes_its_report(tmp_path, capsys):
     from rtcore.cli import main
 
     assert main(["bench", "quality", "--images", "2", "--strengths", "0.5,0.75", "--steps", "4",
-                 "--precisions", "fp32,bf16", "--colour-guidance", "3", "--out", str(tmp_path)]) == 0
+                 "--precisions", "fp32,bf16", "--colour-guidance", "3", "--approximations", "exact,fast",
+                 "--approximation-steps", "10", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "quality.json").read_text())
     assert len(report["edits"]) == 3 * 3 * 2  # kinds × methods × strengths
     assert [(r["guidance_scale"], r["strength"]) for r in report["colour_guidance"]] == [(3.0, 0.5), (3.0, 0.75)]
@@ -175,6 +176,12 @@ def test_quality_benchmark_writes_its_report(tmp_path, capsys):
     assert report["vae_psnr_db"] > 25
     assert (tmp_path / "quality.png").stat().st_size > 10_000
     assert "| colour | sdedit | 0.50 |" in (tmp_path / "quality.md").read_text()
+    approximations = report["approximations"]
+    assert [(r["setting"], r["kind"]) for r in approximations][::2] == [
+        ("exact", "colour"), ("exact", "shape"), ("fast", "colour"), ("fast", "shape")]
+    assert all(r["unet_flops_fraction"] == 1 for r in approximations[:4])
+    assert all(r["unet_flops_fraction"] < 1 for r in approximations[4:])
+    assert (tmp_path / "quality_approximations.png").stat().st_size > 10_000
 
 
 def test_denoising_by_background_sees_the_hard_backgrounds(shapes_pipe):
