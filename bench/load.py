@@ -299,6 +299,9 @@ def main(argv=None):
     parser.add_argument("--max-batch", type=int, default=None, help="the batching server's (default: its default)")
     parser.add_argument("--batch-wait-ms", type=float, default=None)
     parser.add_argument("--max-queue", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="the servers' --timeout (default: theirs, 60 s; raise it for edits that take seconds, "
+                             "or a queue of them answers 504)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the --max-batch 1 server")
     parser.add_argument("--ray", action="store_true", help="also Ray Serve with 1 and 2 replicas (its batching)")
     parser.add_argument("--out", default="bench_out/load")
@@ -309,7 +312,8 @@ def main(argv=None):
         parser.error(f"--concurrency must be comma-separated integers, got {args.concurrency!r}")
     if not concurrency or min(concurrency) < 1 or args.requests < 1 or args.seconds <= 0:
         parser.error("--concurrency values, --requests and --seconds must be positive")
-    batching = ["--max-queue", str(args.max_queue)]
+    common = ["--max-queue", str(args.max_queue)] + (["--timeout", str(args.timeout)] if args.timeout else [])
+    batching = list(common)
     if args.max_batch is not None:
         batching += ["--max-batch", str(args.max_batch)]
     if args.batch_wait_ms is not None:
@@ -319,7 +323,7 @@ def main(argv=None):
         configs.update({f"ray, {n} replica{'s' if n > 1 else ''}": [*batching, "--ray", "--num-replicas", str(n)]
                         for n in (1, 2)})
     if not args.no_baseline:
-        configs["unbatched"] = ["--max-queue", str(args.max_queue), "--max-batch", "1"]
+        configs["unbatched"] = [*common, "--max-batch", "1"]
     report = run(args.model, configs, concurrency, args.requests, args.seconds, args.size, args.steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,11 @@ def test_the_load_benchmark_measures_both_servers_and_stops_by_itself(tmp_path, 
 
     monkeypatch.setattr(load.http.client, "HTTPConnection", Recorded)
     report = load.main(["--concurrency", "1,3", "--requests", "5", "--seconds", "60", "--steps", "4",
-                        "--out", str(tmp_path)])
+                        "--timeout", "120", "--out", str(tmp_path)])
     assert set(hosts) == {"127.0.0.1"}  # nothing but loopback
     assert list(report["configs"]) == ["batched", "unbatched"]
+    for options in report["configs"].values():  # both servers get the same deadline
+        assert options[options.index("--timeout") + 1] == "120.0"
     assert [(r["config"], r["concurrency"]) for r in report["runs"]] == [
         ("batched", 1), ("batched", 3), ("unbatched", 1), ("unbatched", 3)]
     for run in report["runs"]:
