@@ -1,12 +1,12 @@
 // rtcore C++ embedding: run a CycleDiffusion edit on a `compile` engine directory's AOTInductor packages.
-// The request format is described in rtcore/embed.py (plain files: meta.txt, *.f32, *.i64, step_table.txt).
+// The request format is described in rtcore/cpp_request.py (plain files: meta.txt, *.f32, *.i64, step_table.txt).
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
+#include <torch/types.h>  // tensors and ATen ops: the whole C++ frontend (torch/torch.h) takes twice as long to compile
 
 namespace rtcore {
 
