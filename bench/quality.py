@@ -121,15 +121,14 @@ APPROXIMATIONS = ("exact", "cache2", "cache3", "cache4", "cache5", "cutoff0.4", 
                   "cache4+cutoff0.8", "cache4+cutoff0.6", "cache5+cutoff0.8", "fast")
 
 
-def approximation_flops(model, settings, steps, strength, guidance):
-    """UNet FLOPs of one CycleDiffusion edit with ``settings``, as a fraction of the exact edit's (counted)."""
+def approximation_flops(flops, settings, steps, strength, guidance):
+    """UNet FLOPs of one CycleDiffusion edit with ``settings``, as a fraction of the exact edit's (counted from
+    ``flops``, the model's bench.flops.stage_flops)."""
     from rtcore.approximations import EXACT, Approximations
-    from rtcore.export.checkpoint import resolve
     from rtcore.sampling import Rows
 
-    from .flops import denoise_flops, stage_flops
+    from .flops import denoise_flops
 
-    flops = stage_flops(resolve(model), shapes.SIZE, shapes.SIZE, 1, 1, 1)
     k, rows = int(steps * strength), Rows("cycle", guidance)
     return denoise_flops(flops, k, rows, Approximations(**settings)) / denoise_flops(flops, k, rows, EXACT)
 
@@ -283,6 +282,11 @@ def load(model, variant):
 def compare_approximations(cycle, sd, model, scenes, names, kinds, strengths, steps, guidance, seed, log=print):
     """CycleDiffusion edits of ``kinds`` with each approximation setting of ``names`` (its exact edit included by
     name), at ``steps`` (the default edit's 50): rows of scores with the UNet FLOPs per edit as a fraction of exact."""
+    from rtcore.export.checkpoint import resolve
+
+    from .flops import stage_flops
+
+    flops = stage_flops(resolve(model), shapes.SIZE, shapes.SIZE, 1, 1, 1)  # per row and stage, counted once
     rows = []
     for name in names:
         settings = named_settings(name)
@@ -293,7 +297,7 @@ def compare_approximations(cycle, sd, model, scenes, names, kinds, strengths, st
                 edited = run_edits(cycle, sd, "cycle", scenes, targets, strength, steps, guidance, seed, settings)
                 scores = score(scenes, targets, kind, edited)
                 rows.append({"setting": name, **settings, "kind": kind, "strength": strength, **scores,
-                             "unet_flops_fraction": approximation_flops(model, settings, steps, strength, guidance),
+                             "unet_flops_fraction": approximation_flops(flops, settings, steps, strength, guidance),
                              "seconds": time.perf_counter() - start})
                 log(f"{name:<16} {kind:<10} strength {strength:.2f}: success {scores['success']:.0%}  PSNR kept "
                     f"{scores['psnr_kept'] or float('nan'):.1f} dB  IoU {scores.get('iou') or float('nan'):.2f}")

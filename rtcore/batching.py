@@ -17,12 +17,21 @@ from dataclasses import dataclass, field
 import anyio
 import torch
 
+from .pipeline import check_positive_int
 from .service import Cancelled, EditRequest, png_bytes, stop_when
 
 # The defaults of both front ends, chosen from docs/SERVING.md's load benchmark (the shipped model, 2 CPU cores)
 MAX_BATCH, BATCH_WAIT_S = 8, 0.01
+MAX_BATCH_WAIT_S = 10  # a longer window would hold a lone request for longer than most edits take
 GROUP_KEYS = ("strength", "num_inference_steps", "guidance_scale", "source_guidance_scale", "eta", "cache_interval",
               "guidance_cutoff")
+
+
+def check_batching(max_batch, batch_wait_s):
+    """The batching options of both front ends: ValueError naming the one refused."""
+    check_positive_int(max_batch, "max_batch")
+    if not 0 <= batch_wait_s <= MAX_BATCH_WAIT_S:
+        raise ValueError(f"batch_wait_s must be in [0, {MAX_BATCH_WAIT_S}] seconds, got {batch_wait_s!r}")
 
 
 @dataclass
@@ -109,7 +118,7 @@ class Batcher:
     the pipeline) and ``workers`` calls at once, each on a worker thread. A request whose client is gone or whose
     deadline passed before it ran (its cancel event set) is dropped from the queue."""
 
-    def __init__(self, run_batch, max_batch=8, wait_s=0.01, workers=1):
+    def __init__(self, run_batch, max_batch=MAX_BATCH, wait_s=BATCH_WAIT_S, workers=1):
         self.run_batch, self.max_batch, self.wait_s, self.workers = run_batch, max_batch, wait_s, workers
         self.queue = []  # _Waiting, in arrival order
         self.changed = None  # an asyncio.Event on the serving loop: made with the workers, at the first request

@@ -16,7 +16,7 @@ item, so each item of a batch equals that item edited alone, and a bad item fail
 
 import re
 
-from .batching import BATCH_WAIT_S, MAX_BATCH, edit_batch
+from .batching import BATCH_WAIT_S, MAX_BATCH, check_batching, edit_batch
 from .service import MAX_PIXELS, MAX_UPLOAD_BYTES, EditService, Limits, page, sample_png, samples
 
 
@@ -37,10 +37,10 @@ class RtcoreEditor:
 
 def app(model, backend=None, device="cpu", dtype=None, num_replicas=1, autoscaling_config=None,
         max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S, num_gpus=None, num_cpus=None, max_queue=8,
-        timeout_s=60.0,
-        max_pixels=MAX_PIXELS, max_upload_bytes=MAX_UPLOAD_BYTES):
+        timeout_s=60.0, max_pixels=MAX_PIXELS, max_upload_bytes=MAX_UPLOAD_BYTES):
     """A Ray Serve application serving ``model``. Pass ``num_replicas`` or an ``autoscaling_config``; on GPUs,
     ``num_gpus=1`` gives each replica a GPU of its own."""
+    check_batching(max_batch_size, batch_wait_timeout_s)
     import anyio
     from ray import serve
     from starlette.responses import JSONResponse

@@ -19,7 +19,7 @@ loop rather than the CUDA-graph replay.)
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from .batching import BATCH_WAIT_S, MAX_BATCH, Batcher, edit_batch
+from .batching import BATCH_WAIT_S, MAX_BATCH, Batcher, check_batching, edit_batch
 from .pipeline import check_positive_int
 from .service import MAX_PIXELS, MAX_UPLOAD_BYTES, EditService, Limits, page, sample_png, samples
 
@@ -28,9 +28,7 @@ def create_app(pipe, max_concurrency=1, max_queue=8, timeout_s=60.0, max_pixels=
                max_upload_bytes=MAX_UPLOAD_BYTES, max_batch=MAX_BATCH, batch_wait_s=BATCH_WAIT_S):
     """A Starlette app serving ``pipe`` (a CycleDiffusion; serving turns its progress bar off). Each app has its own
     Prometheus registry."""
-    check_positive_int(max_batch, "max_batch")
-    if not 0 <= batch_wait_s <= 10:
-        raise ValueError(f"batch_wait_s must be in [0, 10] seconds, got {batch_wait_s!r}")
+    check_batching(max_batch, batch_wait_s)
     service = EditService(pipe, max_concurrency * max_batch + max_queue, timeout_s,
                           Limits(max_upload_bytes, max_pixels))
     batcher = Batcher(lambda items: edit_batch(pipe, items, service.batch_sizes.observe), max_batch, batch_wait_s,
@@ -75,8 +73,9 @@ def serve(model, host="127.0.0.1", port=8000, backend=None, device="cpu", dtype=
     max_batch = MAX_BATCH if max_batch is None else max_batch
     batch_wait_s = BATCH_WAIT_S if batch_wait_s is None else batch_wait_s
     for name, value in (("max_pixels", max_pixels), ("max_upload_bytes", max_upload_bytes),
-                        ("max_concurrency", max_concurrency), ("num_replicas", num_replicas), ("max_batch", max_batch)):
+                        ("max_concurrency", max_concurrency), ("num_replicas", num_replicas)):
         check_positive_int(value, name)
+    check_batching(max_batch, batch_wait_s)
     check_positive_int(max_queue, "max_queue", minimum=0)
     if not timeout_s > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout_s!r}")

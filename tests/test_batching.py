@@ -116,3 +116,14 @@ def test_a_failing_request_in_a_served_batch_fails_alone(pipe):
         assert b"rtcore_batch_size_count 3.0" in metrics  # the failed call of two, then each alone
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("max_batch,wait_s,named", [(0, 0.01, "max_batch"), (8, -1, "batch_wait_s"),
+                                                    (8, 11, "batch_wait_s")])
+def test_batching_options_are_checked_before_a_model_loads(max_batch, wait_s, named):
+    from rtcore.serve import serve
+
+    with pytest.raises(ValueError, match=named):  # the model does not exist: refused before it is looked for
+        serve("no-such-model", max_batch=max_batch, batch_wait_s=wait_s)
+    with pytest.raises(ValueError, match=named):
+        serve("no-such-model", max_batch=max_batch, batch_wait_s=wait_s, ray=True)
